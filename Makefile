@@ -1,0 +1,51 @@
+# gatewayd — two commands: `make run` and `make test`. Everything else is optional.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+CONFIG ?= etc/gatewayd.toml
+PYTEST_ARGS ?=
+
+SOURCES := pyproject.toml setup.py $(wildcard native/*.c native/*.h native/*.py)
+
+.PHONY: run test install install-test bench sanitize clean distclean check-config
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# Re-install when packaging or C sources change (editable installs do not rebuild C).
+$(VENV)/.stamp-install: $(BIN)/python $(SOURCES)
+	$(BIN)/pip install -q -e '.[all]'
+	@touch $@
+
+$(VENV)/.stamp-test: $(VENV)/.stamp-install
+	$(BIN)/pip install -q -e '.[test]'
+	@touch $@
+
+install: $(VENV)/.stamp-install
+install-test: $(VENV)/.stamp-test
+
+## make run: set up .venv and run the daemon in the foreground on the embedded default site.
+run: install
+	@mkdir -p var
+	$(BIN)/gatewayd run -c $(CONFIG)
+
+check-config: install
+	$(BIN)/gatewayd check-config $(CONFIG)
+
+## make test: set up .venv with test dependencies and run the whole suite.
+test: install-test
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: install-test
+	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+## make sanitize: build the native extension with ASan/UBSan and run the native tests under it.
+sanitize: install-test
+	bash native/sanitize.sh
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache var
+
+distclean: clean
+	rm -rf $(VENV)

@@ -1,0 +1,167 @@
+"""Plugin manager: pluggy + the ``gatewayd.plugins`` entry-point group + dotted paths.
+
+The host decides what loads: only the entry points whose names the TOML uses
+(``type = "modbus"`` loads the entry point ``modbus``), plus modules named by
+dotted path. First-party plugins go through exactly the same path as third-party
+ones. A plugin whose optional dependency is missing fails with one line naming
+the extra to install.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import logging
+import sys
+from typing import Any
+
+import pluggy
+
+from . import hookspecs
+
+log = logging.getLogger("gatewayd.plugins")
+
+ENTRY_POINT_GROUP = "gatewayd.plugins"
+
+__all__ = ["PluginRegistry", "TypeRegistry", "PluginLoadError", "ENTRY_POINT_GROUP"]
+
+
+class PluginLoadError(Exception):
+    """A plugin could not be loaded; the message is one line for the operator."""
+
+
+class TypeRegistry:
+    """What ``gatewayd_register`` hooks receive: a place to add types by name."""
+
+    def __init__(self) -> None:
+        self.drivers: dict[str, type] = {}
+        self.connectors: dict[str, type] = {}
+        self.origin: dict[tuple[str, str], str] = {}
+        self._current: str = "?"
+
+    def _add(self, kind: str, table: dict, name: str, cls: type) -> None:
+        if not isinstance(name, str) or not name:
+            raise PluginLoadError(f"plugin {self._current}: {kind} type name must be a non-empty string")
+        if name in table and table[name] is not cls:
+            raise PluginLoadError(f"{kind} type {name!r} registered twice: by {self.origin[(kind, name)]} "
+                                  f"and by {self._current}")
+        table[name] = cls
+        self.origin[(kind, name)] = self._current
+
+    def add_driver(self, name: str, cls: type) -> None:
+        """Register a :class:`gatewayd.plugin.Driver` subclass as driver type ``name``."""
+        from .plugin import Driver
+
+        if not (isinstance(cls, type) and issubclass(cls, Driver)):
+            raise PluginLoadError(f"plugin {self._current}: driver type {name!r} must subclass gatewayd.plugin.Driver")
+        self._add("driver", self.drivers, name, cls)
+
+    def add_connector(self, name: str, cls: type) -> None:
+        """Register a :class:`gatewayd.plugin.Connector` subclass as connector type ``name``."""
+        from .plugin import Connector
+
+        if not (isinstance(cls, type) and issubclass(cls, Connector)):
+            raise PluginLoadError(f"plugin {self._current}: connector type {name!r} must subclass gatewayd.plugin.Connector")
+        self._add("connector", self.connectors, name, cls)
+
+
+def _missing_dependency_message(origin: str, module: str, exc: ModuleNotFoundError, extra: str | None) -> str:
+    missing = exc.name or str(exc)
+    if extra:
+        return (f"plugin {origin!r} needs the Python package {missing!r}, which is not installed: "
+                f"pip install 'gatewayd[{extra}]'")
+    return f"plugin {origin!r} (module {module}) needs the Python package {missing!r}, which is not installed"
+
+
+class PluginRegistry:
+    """Loads plugins on demand and keeps the registered types."""
+
+    def __init__(self) -> None:
+        self.pm = pluggy.PluginManager("gatewayd")
+        self.pm.add_hookspecs(hookspecs)
+        self.types = TypeRegistry()
+        self.loaded: dict[str, Any] = {}  # module name -> module
+        self.failed: dict[str, str] = {}
+
+    # ----- lookups
+    def get(self, kind: str, name: str) -> type | None:
+        return (self.types.drivers if kind == "driver" else self.types.connectors).get(name)
+
+    def available(self, kind: str) -> list[str]:
+        """Registered types plus installed entry points (not yet loaded)."""
+        names = set((self.types.drivers if kind == "driver" else self.types.connectors))
+        names.update(ep.name for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
+        return sorted(names)
+
+    # ----- loading
+    def _register_module(self, mod: Any, origin: str) -> str | None:
+        if mod.__name__ in self.loaded:
+            return None
+        self.types._current = origin
+        try:
+            self.pm.register(mod, name=mod.__name__)
+            self.pm.check_pending()
+            # call the hook of this plugin only
+            impl = getattr(mod, "gatewayd_register", None)
+            if impl is not None:
+                impl(registry=self.types)
+        except PluginLoadError as e:
+            self._safe_unregister(mod)
+            return str(e)
+        except pluggy.PluginValidationError as e:
+            self._safe_unregister(mod)
+            return f"plugin {origin!r} is not a valid gatewayd plugin: {e}"
+        except Exception as e:  # a broken plugin must not take the daemon down
+            self._safe_unregister(mod)
+            return f"plugin {origin!r} failed while registering: {type(e).__name__}: {e}"
+        self.loaded[mod.__name__] = mod
+        return None
+
+    def _safe_unregister(self, mod) -> None:
+        try:
+            self.pm.unregister(mod)
+        except Exception:  # pragma: no cover
+            pass
+
+    def load_module(self, dotted: str) -> str | None:
+        """Load a plugin by dotted module path; returns an error line or None."""
+        if dotted in self.loaded:
+            return None
+        try:
+            mod = importlib.import_module(dotted)
+        except ModuleNotFoundError as e:
+            if e.name == dotted or (e.name and dotted.startswith(e.name + ".")):
+                return f"plugin module {dotted!r} not found (is it installed or on PYTHONPATH?)"
+            return _missing_dependency_message(dotted, dotted, e, getattr(sys.modules.get(dotted), "EXTRA", None))
+        except Exception as e:
+            return f"plugin module {dotted!r} failed to import: {type(e).__name__}: {e}"
+        return self._register_module(mod, dotted)
+
+    def load_entry_point(self, name: str) -> str | None:
+        """Load the entry point ``name`` of group ``gatewayd.plugins``; returns an error line or None."""
+        if name in self.failed:
+            return self.failed[name]
+        eps = [ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP) if ep.name == name]
+        if not eps:
+            return None  # caller reports "unknown type" with the list of available ones
+        ep = eps[0]
+        try:
+            mod = ep.load()
+        except ModuleNotFoundError as e:
+            # first-party plugins: the entry-point name is the extra's name
+            extra = name if ep.value.split(":")[0].startswith("gatewayd_") else None
+            msg = _missing_dependency_message(name, ep.value, e, extra)
+            self.failed[name] = msg
+            return msg
+        except Exception as e:
+            msg = f"plugin {name!r} ({ep.value}) failed to import: {type(e).__name__}: {e}"
+            self.failed[name] = msg
+            return msg
+        err = self._register_module(mod, name)
+        if err:
+            self.failed[name] = err
+        return err
+
+    @property
+    def hook(self):
+        return self.pm.hook
