@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 CONFIG ?= etc/gatewayd.toml
 PYTEST_ARGS ?=
 
-SOURCES := pyproject.toml setup.py $(wildcard native/*.c native/*.h native/*.py)
+SOURCES := pyproject.toml setup.py $(wildcard native/*.c native/*.h native/*.py native/*.cdef plugins/*/__init__.py)
 
 .PHONY: run test install install-test bench sanitize clean distclean check-config
 

@@ -706,7 +706,7 @@ class Config:
     def summary(self) -> str:
         devices = sum(len(d.devices) for d in self.drivers.values())
         points = sum(1 for _ in self.iter_points())
-        return (f"{self.path}: ok — {len(self.drivers)} driver(s), {devices} device(s), "
+        return (f"{self.files[0]}: ok — {len(self.drivers)} driver(s), {devices} device(s), "
                 f"{points} point(s), {len(self.connectors)} connector(s)")
 
     def state_path(self, name: str) -> str:
@@ -815,25 +815,27 @@ TOP_KEYS = ("include", "plugins", "gateway", "control", "history", "outbox", "ba
 # --------------------------------------------------------------------------- loading
 
 
-def _read_toml(path: str, ctx: _Ctx, prefix_where: bool = True) -> dict | None:
+def _read_toml(path: str, ctx: _Ctx, shown: str | None = None) -> dict | None:
+    """Parse one file; problems and key positions are recorded under ``shown`` (the path as given)."""
+    shown = shown or path
     try:
         with open(path, encoding="utf-8") as fh:
             text = fh.read()
     except FileNotFoundError:
-        ctx.problems.append(Problem(path, 1, 1, "file not found"))
+        ctx.problems.append(Problem(shown, 1, 1, "file not found"))
         return None
     except (OSError, UnicodeDecodeError) as e:
-        ctx.problems.append(Problem(path, 1, 1, f"cannot read file: {e}"))
+        ctx.problems.append(Problem(shown, 1, 1, f"cannot read file: {e}"))
         return None
     try:
         doc = tomlkit.parse(text)
     except tomlkit.exceptions.ParseError as e:
         msg = str(e)
         msg = re.sub(r"\s+at line \d+ col \d+$", "", msg)
-        ctx.problems.append(Problem(path, e.line, e.col, f"TOML syntax error: {msg}"))
+        ctx.problems.append(Problem(shown, e.line, e.col, f"TOML syntax error: {msg}"))
         return None
     for kp, (line, col) in key_positions(text).items():
-        ctx.where.setdefault(kp, (path, line, col))
+        ctx.where.setdefault(kp, (shown, line, col))
     return doc.unwrap()
 
 
@@ -850,11 +852,9 @@ def load_config(path: str, *, registry: "Any | None" = None, load_plugins: bool 
     path = os.path.abspath(path) if not os.path.isabs(path) else path
     shown = os.path.relpath(path) if not os.path.relpath(path).startswith("..") else path
     ctx.file_of_root = shown
-    raw = _read_toml(path, ctx)
+    raw = _read_toml(path, ctx, shown)
     if raw is None:
         raise ConfigError(ctx.problems)
-    # positions recorded under the absolute path: show the short one
-    ctx.where = {k: (shown if f == path else f, l, c) for k, (f, l, c) in ctx.where.items()}
     files = [shown]
 
     # ---- includes: merge [drivers.*], [connectors.*] (and others, if not clashing)
@@ -871,17 +871,17 @@ def load_config(path: str, *, registry: "Any | None" = None, load_plugins: bool 
             sub = _Ctx()
             inc_shown = os.path.relpath(inc) if not os.path.relpath(inc).startswith("..") else inc
             sub.file_of_root = inc_shown
-            data = _read_toml(inc, sub)
+            data = _read_toml(inc, sub, inc_shown)
             ctx.problems.extend(sub.problems)
             if data is None:
                 continue
             files.append(inc_shown)
             if "include" in data:
                 f, line, col = sub.where.get(("include",), (inc_shown, 1, 1))
-                ctx.problems.append(Problem(inc_shown if f == inc else f, line, col,
+                ctx.problems.append(Problem(f, line, col,
                                             "include is only allowed in the main file"))
                 data.pop("include")
-            _merge(raw, data, (), ctx, {k: (inc_shown if f == inc else f, l, c) for k, (f, l, c) in sub.where.items()})
+            _merge(raw, data, (), ctx, sub.where)
 
     # ---- top level
     for k in list(raw):
@@ -1009,8 +1009,8 @@ def _plugin_type(registry, kind: str, type_name: str, plugin: str | None, load_p
         cls = registry.get(kind, type_name)
     if cls is None:
         known = ", ".join(sorted(registry.available(kind))) or "none"
-        return None, (f"unknown {kind} type {type_name!r} (available: {known}; a plugin outside gatewayd "
-                      f"needs plugin = \"module.path\")")
+        return None, (f"unknown {kind} type {type_name!r} (installed plugins: {known}; a plugin outside "
+                      f"gatewayd needs plugin = \"module.path\")")
     return cls, None
 
 

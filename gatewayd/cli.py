@@ -1,0 +1,454 @@
+"""Command line: ``gatewayd run|check-config|version`` and ``gatewayctl``.
+
+``gatewayctl`` is a thin JSON-RPC client: tables for people, ``--json`` for
+scripts. Any plugin method works without special support:
+``gatewayctl modbus read-registers --device meter-1 --address 0 --count 4``
+calls ``modbus.read_registers`` with those params (values parsed as JSON when
+they look like JSON). Exit codes: 0 ok, 1 the daemon answered with an error,
+2 usage/config error, 3 daemon not running, 4 access denied.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import shutil
+import sys
+from typing import Any
+
+from . import __version__
+
+# --------------------------------------------------------------------------- gatewayd
+
+
+def gatewayd_main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="gatewayd", description="Edge gateway daemon.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="run the daemon in the foreground")
+    r.add_argument("-c", "--config", default=os.environ.get("GATEWAYD_CONFIG", "/etc/gatewayd/gatewayd.toml"))
+    r.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default=None)
+    c = sub.add_parser("check-config", help="validate a configuration file; exit 2 on problems")
+    c.add_argument("file", nargs="?", default=None)
+    c.add_argument("-c", "--config", dest="cfg_opt", default=None)
+    sub.add_parser("version", help="print the version")
+    args = ap.parse_args(argv)
+
+    if args.cmd == "version":
+        print(f"gatewayd {__version__}")
+        return 0
+    if args.cmd == "check-config":
+        return _check_config(args.file or args.cfg_opt or os.environ.get("GATEWAYD_CONFIG",
+                                                                         "/etc/gatewayd/gatewayd.toml"))
+    return _run(args.config, args.log_level)
+
+
+def _check_config(path: str) -> int:
+    from .config import ConfigError, load_config
+
+    try:
+        cfg = load_config(path)
+    except ConfigError as e:
+        for p in e.problems:
+            print(p)
+        print(f"{len(e.problems)} problem(s) found", file=sys.stderr)
+        return 2
+    print(cfg.summary())
+    return 0
+
+
+def _run(path: str, level: str | None) -> int:
+    import trio
+
+    from .config import ConfigError, load_config
+    from .daemon import Gateway
+    from .plugins import PluginRegistry
+    from .systemd import Notifier, setup_logging
+
+    setup_logging(level or "info")
+    registry = PluginRegistry()
+    try:
+        cfg = load_config(path, registry=registry)
+    except ConfigError as e:
+        import logging
+
+        logging.getLogger("gatewayd").error("configuration has %d problem(s), not starting:\n%s",
+                                            len(e.problems), e)
+        return 2
+    if level is None:
+        import logging
+
+        logging.getLogger().setLevel(cfg.gateway.log_level.upper())
+    gw = Gateway(cfg, registry, notifier=Notifier.from_env())
+    try:
+        trio.run(gw.run)
+    except KeyboardInterrupt:  # pragma: no cover - SIGINT is handled inside; this is a second ^C
+        return 130
+    return 0
+
+
+# --------------------------------------------------------------------------- gatewayctl
+
+
+def default_socket() -> str:
+    env = os.environ.get("GATEWAYD_SOCKET")
+    if env:
+        return env
+    for cand in ("var/gatewayd.sock", "/run/gatewayd/control.sock"):
+        if os.path.exists(cand):
+            return cand
+    return "/run/gatewayd/control.sock"
+
+
+def _value(s: str) -> Any:
+    """Parse a command-line value as JSON when it looks like JSON, else keep the string."""
+    try:
+        return json.loads(s)
+    except ValueError:
+        return s
+
+
+def _fmt_ts(ts: Any) -> str:
+    if not isinstance(ts, (int, float)):
+        return "" if ts is None else str(ts)
+    return _dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (list, dict)):
+        return json.dumps(v, ensure_ascii=False, default=str) if v else "-"
+    return str(v)
+
+
+def print_table(rows: list[dict], columns: list[str] | None = None, out=sys.stdout) -> None:
+    """Plain aligned table; long cells are cut to fit the terminal."""
+    if not rows:
+        print("(none)", file=out)
+        return
+    if columns is None:
+        columns = []
+        for r in rows:
+            for k in r:
+                if k not in columns:
+                    columns.append(k)
+    cells = [[(_fmt_ts(r.get(c)) if c in ("ts", "last_ok", "down_since", "started_at", "first_seen", "last_seen")
+               else _fmt(r.get(c))) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    total = shutil.get_terminal_size((160, 24)).columns
+    while sum(widths) + 2 * len(widths) > total and max(widths) > 12:
+        i = widths.index(max(widths))
+        widths[i] -= 1
+    def cut(s, w):
+        return s if len(s) <= w else s[: max(1, w - 1)] + "…"
+    print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths)).rstrip(), file=out)
+    for row in cells:
+        print("  ".join(cut(s, w).ljust(w) for s, w in zip(row, widths)).rstrip(), file=out)
+
+
+TABLES = {
+    "points.list": ["id", "value", "unit", "status", "ts", "writable", "reason"],
+    "points.read": ["id", "value", "unit", "status", "ts", "flags", "write_status", "write_error"],
+    "drivers.list": ["id", "type", "state", "devices", "points", "crashes", "last_error"],
+    "devices.list": ["device", "driver", "conn_status", "conn_state", "failures", "points", "last_ok", "reason"],
+    "connectors.status": ["id", "type", "state", "connection", "backlog", "oldest_age", "delivered", "dropped",
+                          "last_error"],
+    "audit.list": ["ts", "actor", "action", "target", "ok", "detail"],
+    "discovery.list": ["driver", "key", "status", "summary", "last_seen"],
+}
+
+
+def _render(method: str, result: Any, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result, indent=2, ensure_ascii=False, default=str))
+        return
+    if method == "connectors.status" and isinstance(result, list):
+        rows = []
+        for r in result:
+            ob = r.get("outbox") or {}
+            rows.append({**r, **{k: ob.get(k) for k in ("backlog", "oldest_age", "delivered", "dropped")}})
+        result = rows
+    if method == "discovery.list" and isinstance(result, list):
+        result = [{**r, "summary": " ".join(str(v) for k, v in (r.get("data") or {}).items()
+                                            if k in ("vendor", "model", "name", "address", "host", "unit"))}
+                  for r in result]
+    if method == "history.query" and isinstance(result, dict):
+        print_table(result.get("samples", []))
+        return
+    if method == "points.priority_array" and isinstance(result, dict):
+        slots = result.get("slots", {})
+        print_table([{"priority": k, "value": v} for k, v in slots.items() if v is not None]
+                    or [{"priority": "-", "value": None}])
+        print(f"relinquish default: {_fmt(result.get('relinquish_default'))}   "
+              f"effective: {_fmt(result.get('effective'))} (level {_fmt(result.get('active_level'))})")
+        return
+    if isinstance(result, list) and all(isinstance(r, dict) for r in result):
+        print_table(result, TABLES.get(method))
+    elif isinstance(result, dict):
+        width = max((len(k) for k in result), default=0)
+        for k, v in result.items():
+            print(f"{k.ljust(width)}  {_fmt_ts(v) if k in ('started', 'ts') else _fmt(v)}")
+    else:
+        print(_fmt(result))
+
+
+def _kv_params(items: list[str]) -> dict:
+    """``--key value`` / ``key=value`` pairs -> params dict (dashes become underscores)."""
+    params: dict[str, Any] = {}
+    i = 0
+    while i < len(items):
+        it = items[i]
+        if it.startswith("--"):
+            key = it[2:]
+            if "=" in key:
+                key, val = key.split("=", 1)
+                params[key.replace("-", "_")] = _value(val)
+            elif i + 1 < len(items) and not items[i + 1].startswith("--"):
+                params[key.replace("-", "_")] = _value(items[i + 1])
+                i += 1
+            else:
+                params[key.replace("-", "_")] = True
+        elif "=" in it:
+            key, val = it.split("=", 1)
+            params[key.replace("-", "_")] = _value(val)
+        else:
+            raise SystemExit(f"gatewayctl: unexpected argument {it!r} (use --key value or key=value)")
+        i += 1
+    return params
+
+
+def _build_ctl_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="gatewayctl",
+        description="Control a running gatewayd over its local socket.",
+        epilog="Any plugin method works too: gatewayctl modbus read-registers --device meter-1 --address 0 --count 4",
+    )
+    ap.add_argument("-s", "--socket", default=None, help="control socket (default: $GATEWAYD_SOCKET, "
+                    "./var/gatewayd.sock, /run/gatewayd/control.sock)")
+    ap.add_argument("--json", action="store_true", help="print the raw JSON result")
+    ap.add_argument("--timeout", type=float, default=30.0)
+    sub = ap.add_subparsers(dest="group", metavar="COMMAND")
+
+    sub.add_parser("status", help="gateway status")
+    sub.add_parser("version", help="versions of gatewayd, plugins and libraries")
+    sub.add_parser("methods", help="RPC methods available to you")
+
+    g = sub.add_parser("drivers", help="driver instances").add_subparsers(dest="action", required=True)
+    g.add_parser("list")
+    g = sub.add_parser("devices", help="devices and their connection status").add_subparsers(dest="action", required=True)
+    p = g.add_parser("list")
+    p.add_argument("--driver")
+    p.add_argument("--status")
+    g = sub.add_parser("connectors", help="northbound connectors").add_subparsers(dest="action", required=True)
+    p = g.add_parser("status")
+    p.add_argument("connector", nargs="?")
+
+    g = sub.add_parser("points", help="read, write, watch points").add_subparsers(dest="action", required=True)
+    p = g.add_parser("list")
+    for opt in ("--driver", "--device", "--glob", "--tag", "--status"):
+        p.add_argument(opt)
+    p = g.add_parser("read")
+    p.add_argument("points", nargs="+")
+    p = g.add_parser("write", help="write VALUE (JSON: 21.5, true, null, \"text\") at --priority (default 16)")
+    p.add_argument("point")
+    p.add_argument("value")
+    p.add_argument("-p", "--priority", type=int, default=16)
+    p = g.add_parser("relinquish")
+    p.add_argument("point")
+    p.add_argument("-p", "--priority", type=int, default=16)
+    p = g.add_parser("priority-array")
+    p.add_argument("point")
+    p = g.add_parser("watch", help="print changes until ^C")
+    for opt in ("--driver", "--device", "--glob", "--tag"):
+        p.add_argument(opt)
+    p.add_argument("--kinds", default="value,status")
+
+    g = sub.add_parser("history", help="stored samples").add_subparsers(dest="action", required=True)
+    p = g.add_parser("query")
+    p.add_argument("point")
+    p.add_argument("--start", default="-1h")
+    p.add_argument("--end")
+    p.add_argument("--limit", type=int, default=1000)
+    p.add_argument("--downsample")
+
+    g = sub.add_parser("audit", help="who changed what").add_subparsers(dest="action", required=True)
+    p = g.add_parser("list")
+    for opt in ("--since", "--until", "--actor", "--target"):
+        p.add_argument(opt)
+    p.add_argument("--action", dest="audit_action")
+    p.add_argument("--limit", type=int, default=50)
+
+    g = sub.add_parser("config", help="validate or reload the configuration").add_subparsers(dest="action", required=True)
+    p = g.add_parser("validate")
+    p.add_argument("path", nargs="?")
+    g.add_parser("reload")
+
+    g = sub.add_parser("discovery", help="scan, list, accept, ignore").add_subparsers(dest="action", required=True)
+    p = g.add_parser("scan", help="discovery scan DRIVER [--key value ...]")
+    p.add_argument("driver")
+    p.add_argument("params", nargs=argparse.REMAINDER)
+    p = g.add_parser("list")
+    p.add_argument("--driver")
+    p.add_argument("--status")
+    p = g.add_parser("accept")
+    p.add_argument("driver")
+    p.add_argument("key")
+    p.add_argument("--device-id")
+    p = g.add_parser("ignore")
+    p.add_argument("driver")
+    p.add_argument("key")
+
+    p = sub.add_parser("call", help="call any method: call METHOD [JSON-params | key=value ...]")
+    p.add_argument("method")
+    p.add_argument("params", nargs=argparse.REMAINDER)
+    return ap
+
+
+def _request(args, extra: list[str]) -> tuple[str, Any]:
+    g, a = args.group, getattr(args, "action", None)
+    drop = lambda d: {k: v for k, v in d.items() if v is not None}  # noqa: E731
+    if g == "status":
+        return "gateway.status", {}
+    if g == "version":
+        return "gateway.version", {}
+    if g == "methods":
+        return "gateway.methods", {}
+    if g == "drivers":
+        return "drivers.list", {}
+    if g == "devices":
+        return "devices.list", drop({"driver": args.driver, "status": args.status})
+    if g == "connectors":
+        return "connectors.status", drop({"connector": args.connector})
+    if g == "points":
+        if a == "list":
+            return "points.list", drop({"driver": args.driver, "device": args.device, "glob": args.glob,
+                                        "tag": args.tag, "status": args.status})
+        if a == "read":
+            return "points.read", {"points": args.points}
+        if a == "write":
+            return "points.write", {"point": args.point, "value": _value(args.value), "priority": args.priority}
+        if a == "relinquish":
+            return "points.relinquish", {"point": args.point, "priority": args.priority}
+        if a == "priority-array":
+            return "points.priority_array", {"point": args.point}
+        if a == "watch":
+            return "points.watch", drop({"driver": args.driver, "device": args.device, "glob": args.glob,
+                                         "tag": args.tag, "kinds": args.kinds.split(",")})
+    if g == "history":
+        return "history.query", drop({"point": args.point, "start": args.start, "end": args.end,
+                                      "limit": args.limit, "downsample": args.downsample})
+    if g == "audit":
+        return "audit.list", drop({"since": args.since, "until": args.until, "actor": args.actor,
+                                   "action": args.audit_action, "target": args.target, "limit": args.limit})
+    if g == "config":
+        return ("config.validate", drop({"path": os.path.abspath(args.path) if args.path else None})) \
+            if a == "validate" else ("config.reload", {})
+    if g == "discovery":
+        if a == "scan":
+            return "discovery.scan", {"driver": args.driver, **_kv_params(args.params)}
+        if a == "list":
+            return "discovery.list", drop({"driver": args.driver, "status": args.status})
+        if a == "accept":
+            return "discovery.accept", drop({"driver": args.driver, "key": args.key, "device_id": args.device_id})
+        return "discovery.ignore", {"driver": args.driver, "key": args.key}
+    if g == "call":
+        ps = args.params
+        if len(ps) == 1 and ps[0][:1] in "[{":
+            return args.method, json.loads(ps[0])
+        return args.method, _kv_params(ps)
+    raise SystemExit(2)  # pragma: no cover
+
+
+def gatewayctl_main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ap = _build_ctl_parser()
+    # generic plugin methods: gatewayctl <ns> <method-name> [--key value ...]
+    known = {"status", "version", "methods", "drivers", "devices", "connectors", "points", "history", "audit",
+             "config", "discovery", "call"}
+    pos = [i for i, a in enumerate(argv) if not a.startswith("-")]
+    generic = None
+    if pos:
+        i = pos[0]
+        # skip the value of -s/--socket/--timeout
+        j = 0
+        while j < len(argv) and argv[j].startswith("-"):
+            j += 2 if argv[j] in ("-s", "--socket", "--timeout") else 1
+        if j < len(argv) and argv[j] not in known and j + 1 < len(argv) and not argv[j].startswith("-"):
+            generic = (argv[j], argv[j + 1], argv[j + 2:])
+            argv = argv[:j]
+        del i
+    if argv and argv[0] in ("-h", "--help") and generic is None:
+        ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    if generic is not None:
+        ns, name, rest = generic
+        method, params = f"{ns}.{name.replace('-', '_')}", _kv_params(rest)
+    elif args.group is None:
+        ap.print_help()
+        return 2
+    else:
+        method, params = _request(args, [])
+    return _call(args.socket or default_socket(), method, params, as_json=args.json, timeout=args.timeout)
+
+
+def _call(sock: str, method: str, params: Any, *, as_json: bool, timeout: float) -> int:
+    from .rpc.client import AccessDenied, DaemonNotRunning, RpcClient, RpcRemoteError
+
+    try:
+        client = RpcClient(sock, timeout=None if method == "points.watch" else timeout)
+    except DaemonNotRunning as e:
+        print(f"gatewayctl: {e}", file=sys.stderr)
+        return 3
+    except AccessDenied as e:
+        print(f"gatewayctl: {e}", file=sys.stderr)
+        return 4
+    try:
+        if method == "points.watch":
+            return _watch(client, params, as_json)
+        result = client.call(method, params)
+    except RpcRemoteError as e:
+        print(f"gatewayctl: {method}: {e.message}" + (f" ({e.data})" if e.data else ""), file=sys.stderr)
+        return 4 if e.code == -32001 else 1
+    except DaemonNotRunning as e:
+        print(f"gatewayctl: {e}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        client.close()
+    _render(method, result, as_json)
+    if method == "config.validate" and isinstance(result, dict) and not result.get("ok"):
+        for line in result.get("errors", []):
+            print(line, file=sys.stderr)
+        return 2
+    if method == "config.reload" and isinstance(result, dict) and not result.get("ok"):
+        return 2
+    return 0
+
+
+def _watch(client, params, as_json: bool) -> int:
+    try:
+        for note in client.stream("points.watch", params):
+            for ev in note.get("params", {}).get("events", []):
+                if as_json:
+                    print(json.dumps(ev, ensure_ascii=False, default=str), flush=True)
+                elif ev.get("kind") == "value":
+                    print(f"{_fmt_ts(ev['ts'])}  {ev['point']:<32} {_fmt(ev['value'])} {ev.get('unit') or ''}"
+                          f"  [{ev['status']}]", flush=True)
+                else:
+                    print(f"{_fmt_ts(ev['ts'])}  {ev.get('point') or ev.get('device')}: {ev['kind']} "
+                          f"{ev.get('old', '')} -> {ev.get('new', ev.get('status', ''))} {ev.get('reason') or ''}",
+                          flush=True)
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(gatewayctl_main())
