@@ -832,7 +832,7 @@ def _read_toml(path: str, ctx: _Ctx, shown: str | None = None) -> dict | None:
     except tomlkit.exceptions.ParseError as e:
         msg = str(e)
         msg = re.sub(r"\s+at line \d+ col \d+$", "", msg)
-        ctx.problems.append(Problem(shown, e.line, e.col, f"TOML syntax error: {msg}"))
+        ctx.problems.append(Problem(shown, e.line, e.col + 1, f"TOML syntax error: {msg}"))  # tomlkit counts columns from 0
         return None
     for kp, (line, col) in key_positions(text).items():
         ctx.where.setdefault(kp, (shown, line, col))
