@@ -1,0 +1,202 @@
+"""Outbox: append/read/ack, persisted cursors, caps, compaction, memory mode, wake-ups."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import pytest
+import trio
+import trio.testing
+
+from gatewayd.store import Entry, Outbox
+from gatewayd.store.outbox import ENTRY_OVERHEAD
+
+
+def entries(n: int, ts: float = 1000.0, key: str = "ahu1/t", size: int = 10, kind: str = "value"):
+    return [(ts + i, kind, key, bytes([i % 256]) * size) for i in range(n)]
+
+
+async def test_append_read_ack(tmp_path):
+    with Outbox(tmp_path / "outbox.db") as ob:
+        cur = ob.cursor("mqtt.main")
+        assert await ob.append([]) == 0
+        assert await ob.append([(1.2345678, "value", "ahu1/t", b"[21.5,\"ok\"]"), (2.0, "alarm", "dev1", b"{}")]) == 2
+        assert ob.head == 2
+        first = cur.read()
+        assert first == [Entry(1, 1.235, "value", "ahu1/t", b'[21.5,"ok"]'), Entry(2, 2.0, "alarm", "dev1", b"{}")]
+        assert cur.read() == first  # non-destructive until acked
+        assert cur.backlog() == 2 and cur.position() == 0
+        assert cur.read(max_items=1) == first[:1]
+        assert cur.read(max_bytes=1) == first[:1]  # at least one entry
+        assert cur.read_after(1) == first[1:]
+        assert await cur.ack(1) == 1
+        assert await cur.ack(1) == 0 and await cur.ack(0) == 0  # at/behind the position: no-op
+        with pytest.raises(ValueError):
+            await cur.ack(3)
+        assert cur.read() == first[1:]
+        assert (cur.backlog(), cur.delivered, cur.dropped) == (1, 1, 0)
+        assert cur.oldest_age(now=12.0) == pytest.approx(10.0)
+        assert await cur.read_async() == first[1:]
+        assert await cur.ack(2) == 1
+        assert cur.read() == [] and cur.oldest_age() is None and cur.backlog() == 0
+        with pytest.raises(TypeError):
+            await ob.append([(1.0, "value", "k", "not bytes")])
+        assert ob.head == 2  # the failed append changed nothing
+
+
+async def test_cursor_persists_across_reopen_and_seqs_are_never_reused(tmp_path):
+    path = tmp_path / "outbox.db"
+    with Outbox(path) as ob:
+        cur = await ob.open_cursor("webhook.a")
+        await ob.append(entries(10))
+        await cur.ack(4)
+    with Outbox(path) as ob:
+        cur = ob.cursor("webhook.a")
+        assert cur.position() == 4 and cur.delivered == 4
+        assert [e.seq for e in cur.read()] == [5, 6, 7, 8, 9, 10]
+        late = ob.cursor("late")  # a new cursor starts at the head...
+        assert late.read() == []
+        old = ob.cursor("old", start="oldest")  # ...or at the oldest entry still stored
+        assert [e.seq for e in old.read(max_items=2)] == [5, 6]  # 1..4 were compacted (acked by all then)
+        await cur.ack(10)
+        await late.ack(10)
+        await old.ack(10)
+        assert ob.status()["entries"] == 0
+    with Outbox(path) as ob:
+        assert await ob.append(entries(1)) == 11
+        assert ob.cursor_names() == ["late", "old", "webhook.a"]
+        with pytest.raises(ValueError):
+            ob.cursor("x", start="middle")
+
+
+async def test_compaction_waits_for_the_slowest_cursor(tmp_path):
+    with Outbox(tmp_path / "outbox.db", compact_chunk=3) as ob:
+        fast, slow = ob.cursor("fast"), ob.cursor("slow")
+        await ob.append(entries(20))
+        await fast.ack(20)
+        assert ob.status()["entries"] == 20
+        await slow.ack(10)  # compacts at most compact_chunk=3 in the ack transaction
+        assert ob.status()["tail"] == 4
+        assert await ob.compact() == 7
+        st = ob.status()
+        assert (st["tail"], st["entries"], st["bytes"]) == (11, 10, 10 * (10 + ENTRY_OVERHEAD))
+        assert await ob.remove_cursor("slow") is True
+        assert await ob.remove_cursor("slow") is False
+        assert await ob.compact() == 10
+        assert ob.status()["entries"] == 0 and ob.status()["bytes"] == 0
+        assert list(ob.status()["cursors"]) == ["fast"]
+
+
+async def test_no_cursor_keeps_entries(tmp_path):
+    with Outbox(tmp_path / "outbox.db") as ob:
+        await ob.append(entries(5))
+        assert await ob.compact() == 0
+        assert [e.seq for e in ob.cursor("new", start="oldest").read()] == [1, 2, 3, 4, 5]
+
+
+async def test_max_bytes_drops_oldest_counts_and_logs_once_per_episode(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="gatewayd.outbox")
+    per = 10 + ENTRY_OVERHEAD
+    with Outbox(tmp_path / "outbox.db", max_bytes=100 * per) as ob:
+        behind, ahead = ob.cursor("behind"), ob.cursor("ahead")
+        await ob.append(entries(100))
+        assert not ob.dropping
+        await ahead.ack(95)
+        for _ in range(5):  # 5 episodes' worth of overflow, one episode
+            await ob.append(entries(10))
+        st = ob.status()
+        assert st["bytes"] <= 100 * per and st["entries"] == 100 and st["head"] == 150 and st["dropped"] == 50
+        assert ob.dropping
+        assert st["cursors"]["behind"]["dropped"] == 50 and st["cursors"]["behind"]["acked"] == 50
+        assert st["cursors"]["ahead"]["dropped"] == 0 and st["cursors"]["ahead"]["acked"] == 95
+        assert st["cursors"]["behind"]["backlog"] == 100
+        assert behind.read(max_items=1)[0].seq == 51
+        assert behind.read_after(3, max_items=1)[0].seq == 51  # pipelined window skips dropped entries
+        warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1 and "max_bytes" in warnings[0].getMessage()
+        assert "outbox.db" in warnings[0].getMessage()
+        # the connector catches up: compaction frees space, the next check ends the episode
+        await behind.ack(150)
+        await ahead.ack(150)
+        assert await ob.enforce_caps() == 0
+        assert not ob.dropping
+        infos = [r for r in caplog.records if r.levelno == logging.INFO]
+        assert len(infos) == 1 and "50 entries were dropped" in infos[0].getMessage()
+        # a second episode logs again, once
+        await ob.append(entries(120))
+        await ob.append(entries(5))
+        assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 2
+
+
+async def test_max_age_drops_old_entries(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="gatewayd.outbox")
+    now = [1000.0]
+    with Outbox(tmp_path / "outbox.db", max_age=60, drop_chunk=7, clock=lambda: now[0]) as ob:
+        cur = ob.cursor("c")
+        await ob.append(entries(30, ts=1000.0))  # ts 1000..1029
+        assert await ob.enforce_caps() == 0 and cur.backlog() == 30
+        now[0] = 2000.0  # all 30 are now older than 60 s
+        await ob.append(entries(5, ts=1990.0))  # 1990..1994, young
+        assert ob.status()["dropped"] == 7  # bounded by drop_chunk per append transaction
+        assert cur.oldest_age() == pytest.approx(2000.0 - 1007.0)
+        assert await ob.enforce_caps() == 23  # the rest, in chunks
+        assert cur.dropped == 30 and cur.backlog() == 5
+        assert [e.seq for e in cur.read()] == [31, 32, 33, 34, 35]
+        assert await ob.enforce_caps(now=2052.5) == 3  # 1990, 1991, 1992 < 2052.5 - 60
+        assert cur.dropped == 33 and cur.backlog() == 2
+        assert await ob.enforce_caps(now=2052.5) == 0
+        assert not ob.dropping
+        warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1 and "max_age" in warnings[0].getMessage()  # one episode, one warning
+        infos = [r for r in caplog.records if r.levelno == logging.INFO]
+        assert len(infos) == 1 and "33 entries were dropped" in infos[0].getMessage()
+        assert ob.status(now=2053.0)["cursors"]["c"]["oldest_age"] == pytest.approx(60.0)
+
+
+async def test_memory_mode_writes_no_file_and_forgets(tmp_path):
+    before = set(os.listdir(tmp_path))
+    with Outbox(None, memory=True, max_bytes=10_000) as ob:
+        cur = ob.cursor("m")
+        await ob.append(entries(5))
+        assert [e.seq for e in cur.read()] == [1, 2, 3, 4, 5]
+        await cur.ack(3)
+        st = ob.status()
+        assert st["memory"] is True and st["cursors"]["m"]["backlog"] == 2
+    assert set(os.listdir(tmp_path)) == before
+    with Outbox(None, memory=True) as ob:
+        assert ob.head == 0 and ob.cursor_names() == []
+
+
+async def test_wait_for_data_wakes_on_append(tmp_path):
+    with Outbox(tmp_path / "outbox.db") as ob:
+        cur = ob.cursor("c")
+        woke = []
+
+        async def waiter():
+            await cur.wait_for_data()
+            woke.append(ob.head)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(waiter)
+            await trio.testing.wait_all_tasks_blocked()
+            assert woke == []
+            await ob.append(entries(3))
+        assert woke == [3]
+        await cur.wait_for_data()  # data already there: returns at once
+        await cur.ack(3)
+        with trio.move_on_after(0.05) as scope:  # nothing new: it really sleeps
+            await cur.wait_for_data()
+        assert scope.cancelled_caught
+        await cur.wait_for_data(after_seq=2)  # pipelining: something after 2 exists
+        assert ob._waiters == []
+
+
+async def test_wait_for_data_woken_by_append_from_another_thread(tmp_path):
+    with Outbox(tmp_path / "outbox.db") as ob:
+        cur = ob.cursor("c")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(cur.wait_for_data)
+            await trio.testing.wait_all_tasks_blocked()
+            await trio.to_thread.run_sync(ob.append_sync, entries(1))
+        assert cur.backlog() == 1
