@@ -378,11 +378,10 @@ class Gateway:
         }
 
     def _build_rpc_methods(self) -> None:
+        """Rebuild the method table (plugins may have been loaded by a reload)."""
         from .api import build_registry
 
-        if self.rpc is not None:
-            self.rpc_registry = build_registry(self)
-            self.rpc.registry = self.rpc_registry if hasattr(self.rpc, "registry") else None
+        self.rpc_registry = build_registry(self)
 
     # ------------------------------------------------------------------ main
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED, handle_signals: bool = True) -> None:

@@ -200,6 +200,12 @@ class Driver:
         :class:`WriteError` on failure."""
         raise WriteError(f"driver type of {self.config.id!r} does not support writes")
 
+    # Optional: ``async def write_priority(self, point, value_or_None, priority) -> readback``.
+    # When a driver defines it, ``points.write`` passes the *requested* value and
+    # priority straight through (``None`` relinquishes that level on the device)
+    # instead of the effective value: for protocols whose devices keep their own
+    # priority array (BACnet), the device stays authoritative.
+
     async def discover(self, **params: Any) -> dict:
         """User-initiated discovery (``discovery.scan``); report findings with
         ``ctx.report_discovery`` and return a summary dict."""
