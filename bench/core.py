@@ -1,0 +1,107 @@
+"""Core benchmark: a simulated site with 10,000 points changing at 1 Hz.
+
+Runs ``gatewayd run`` as a subprocess (so its CPU and RSS are its own) twice in
+the same run: an idle baseline site (1 device, 6 points) and the 10k site
+(50 devices x 200 points, every value changing every second, history in COV
+mode). Prints: time from exec to READY=1 (sd_notify), CPU % over the window,
+RSS, values/s ingested, events/s through the bus, samples/s committed to
+history.db, and bytes written to disk per sample (/proc/<pid>/io).
+
+    .venv/bin/python bench/core.py [--seconds 20] [--devices 50] [--points 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from gatewayd.rpc.client import RpcClient  # noqa: E402
+from gatewayd.testing import DaemonProcess, site_toml  # noqa: E402
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as fh:
+        f = fh.read().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / TICK
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def write_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/io") as fh:
+        for line in fh:
+            if line.startswith("write_bytes:"):
+                return int(line.split()[1])
+    return 0
+
+
+def run_site(name: str, devices: int, points: int, seconds: float) -> dict:
+    with tempfile.TemporaryDirectory(prefix="gwbench-") as tmp:
+        body = "[history]\nmode = \"cov\"\n\n[drivers.sim]\ntype = \"sim\"\ninterval = \"1s\"\n\n"
+        for d in range(devices):
+            body += f"[drivers.sim.devices.dev{d:03d}]\nmodel = \"generic\"\ngenerate = {points}\n\n"
+        path = os.path.join(tmp, "gatewayd.toml")
+        with open(path, "w") as fh:
+            fh.write(site_toml(tmp, body, gateway_id="bench"))
+        t0 = time.monotonic()
+        with DaemonProcess(path) as d:
+            d.wait_ready(timeout=120)
+            ready = time.monotonic() - t0
+            pid = d.proc.pid
+            sock = os.path.join(tmp, "var", "gatewayd.sock")
+            time.sleep(3)  # warm-up: first cycles, first flushes
+            c = RpcClient(sock, timeout=30)
+            s0 = c.call("gateway.status", {})
+            cpu0, wb0, w0 = cpu_seconds(pid), write_bytes(pid), time.monotonic()
+            time.sleep(seconds)
+            s1 = c.call("gateway.status", {})
+            cpu1, wb1, w1 = cpu_seconds(pid), write_bytes(pid), time.monotonic()
+            rss = rss_mb(pid)
+            c.close()
+        dt = w1 - w0
+        samples = s1["recorder"]["samples_written"] - s0["recorder"]["samples_written"]
+        return {
+            "site": name, "points": devices * points, "ready_s": ready, "cpu_pct": 100 * (cpu1 - cpu0) / dt,
+            "rss_mb": rss,
+            "values_per_s": (s1["values_ingested"] - s0["values_ingested"]) / dt,
+            "events_per_s": (s1["events_published"] - s0["events_published"]) / dt,
+            "samples_per_s": samples / dt,
+            "bytes_per_sample": (wb1 - wb0) / samples if samples else float("nan"),
+            "cpu_s_per_million": (cpu1 - cpu0) / max(1, s1["values_ingested"] - s0["values_ingested"]) * 1e6,
+            "dropped": s1["recorder"]["dropped_before_recording"],
+        }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=float, default=20)
+    ap.add_argument("--devices", type=int, default=50)
+    ap.add_argument("--points", type=int, default=200)
+    a = ap.parse_args()
+    base = run_site("baseline (1 device, 6 points)", 1, 6, a.seconds)
+    big = run_site(f"{a.devices}x{a.points} points at 1 Hz", a.devices, a.points, a.seconds)
+    cols = ["points", "ready_s", "cpu_pct", "rss_mb", "values_per_s", "events_per_s", "samples_per_s",
+            "bytes_per_sample", "cpu_s_per_million", "dropped"]
+    print(f"{'site':34}" + "".join(f"{c:>18}" for c in cols))
+    for r in (base, big):
+        print(f"{r['site']:34}" + "".join(f"{r[c]:>18.2f}" if isinstance(r[c], float) else f"{r[c]:>18}"
+                                          for c in cols))
+    print(f"\nratios 10k/baseline: RSS x{big['rss_mb'] / base['rss_mb']:.2f}, "
+          f"READY x{big['ready_s'] / base['ready_s']:.2f}, CPU +{big['cpu_pct'] - base['cpu_pct']:.1f} points of %")
+
+
+if __name__ == "__main__":
+    main()
