@@ -13,7 +13,9 @@ Why (ts, point) and not (point, ts): samples arrive in time order across many
 points, so with (ts, point) every batch appends at the right edge of the
 b-tree and touches only a few pages, whatever the number of points.  With
 (point, ts) a batch touches one leaf page per point in it.  Measured here
-(1000-row batches, WAL, synchronous=FULL, bytes from /proc/self/io):
+(1000-row batches, WAL, synchronous=FULL, 4 KiB pages, bytes written from
+/proc/self/io incl. checkpoint; ``bench/stores.py`` repeats the 100-point
+case with the 1 KiB pages used now: 72 vs 725 bytes/row):
 
 ====================  ============  ==================  =====================
 points per batch      (ts, point)   (point, ts)         rowid + (point,ts) idx
@@ -33,10 +35,13 @@ periodic compaction of old samples into per-point chunks, not a different key.
 
 Durability: ``append`` and ``save_current`` commit one transaction per call
 (WAL, synchronous=FULL): a returned ``await`` survives kill -9 and power loss.
-Flash wear: ~70-90 bytes written per sample in 1000-row batches (WAL + the
-later checkpoint; each sample is written twice), more per sample for smaller
-batches since every commit rewrites a few partly filled pages; the recorder
-should batch (a few seconds or 1000 samples per ``append``).  Retention:
+Flash wear: ~73 bytes written per sample in 1000-row batches (a sample row is
+~29 bytes on disk; WAL and the later checkpoint each write it, plus a few
+partly filled pages rewritten per commit), more per sample for smaller batches
+since every commit costs a few KiB; the recorder should batch (a few seconds
+or up to 1000 samples per ``append``).  Samples are kept as rows, not
+compressed blocks like the outbox, because they are queried by point and time
+range and pruned by age.  Retention:
 :meth:`HistoryStore.prune` deletes by age in bounded chunks; freed pages are
 reused, the file does not shrink.
 """
@@ -86,7 +91,7 @@ PAGE_SIZE = 1024
 
 _INSERT_SAMPLE = "INSERT OR REPLACE INTO sample(ts, point, value, flags) VALUES(?, ?, ?, ?)"
 _UPSERT_CURRENT = (
-    "INSERT INTO current(point, ts, value, flags) VALUES(?, ?, ?, ?) "
+    "INSERT INTO current(ts, point, value, flags) VALUES(?, ?, ?, ?) "
     "ON CONFLICT(point) DO UPDATE SET ts=excluded.ts, value=excluded.value, flags=excluded.flags "
     "WHERE excluded.ts >= current.ts"
 )

@@ -8,13 +8,20 @@ import os
 import pytest
 import trio
 import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gatewayd.store import Entry, Outbox
-from gatewayd.store.outbox import ENTRY_OVERHEAD
+from gatewayd.store.outbox import BLOCK_RAW_BYTES
 
 
 def entries(n: int, ts: float = 1000.0, key: str = "ahu1/t", size: int = 10, kind: str = "value"):
     return [(ts + i, kind, key, bytes([i % 256]) * size) for i in range(n)]
+
+
+def same(n: int, ts: float = 1000.0):
+    """Entries that encode to byte-identical blocks (for exact size arithmetic)."""
+    return [(ts + i, "value", "ahu1/t", b"0123456789") for i in range(n)]
 
 
 async def test_append_read_ack(tmp_path):
@@ -57,8 +64,9 @@ async def test_cursor_persists_across_reopen_and_seqs_are_never_reused(tmp_path)
         assert [e.seq for e in cur.read()] == [5, 6, 7, 8, 9, 10]
         late = ob.cursor("late")  # a new cursor starts at the head...
         assert late.read() == []
-        old = ob.cursor("old", start="oldest")  # ...or at the oldest entry still stored
-        assert [e.seq for e in old.read(max_items=2)] == [5, 6]  # 1..4 were compacted (acked by all then)
+        old = ob.cursor("old", start="oldest")  # ...or at the oldest entry still stored:
+        # compaction deletes whole blocks, and 1..10 are one block, so 1..4 are still there
+        assert [e.seq for e in old.read(max_items=2)] == [1, 2]
         await cur.ack(10)
         await late.ack(10)
         await old.ack(10)
@@ -71,21 +79,42 @@ async def test_cursor_persists_across_reopen_and_seqs_are_never_reused(tmp_path)
 
 
 async def test_compaction_waits_for_the_slowest_cursor(tmp_path):
-    with Outbox(tmp_path / "outbox.db", compact_chunk=3) as ob:
+    with Outbox(tmp_path / "outbox.db", compact_chunk=3, block_entries=1) as ob:
         fast, slow = ob.cursor("fast"), ob.cursor("slow")
-        await ob.append(entries(20))
+        await ob.append(same(20))
+        per_block = ob.status()["bytes"] // 20
         await fast.ack(20)
         assert ob.status()["entries"] == 20
-        await slow.ack(10)  # compacts at most compact_chunk=3 in the ack transaction
+        await slow.ack(10)  # compacts at most compact_chunk=3 blocks in the ack transaction
         assert ob.status()["tail"] == 4
         assert await ob.compact() == 7
         st = ob.status()
-        assert (st["tail"], st["entries"], st["bytes"]) == (11, 10, 10 * (10 + ENTRY_OVERHEAD))
+        assert (st["tail"], st["entries"], st["blocks"], st["bytes"]) == (11, 10, 10, 10 * per_block)
         assert await ob.remove_cursor("slow") is True
         assert await ob.remove_cursor("slow") is False
         assert await ob.compact() == 10
         assert ob.status()["entries"] == 0 and ob.status()["bytes"] == 0
         assert list(ob.status()["cursors"]) == ["fast"]
+
+
+async def test_blocks_split_and_read_across_boundaries(tmp_path):
+    with Outbox(tmp_path / "outbox.db", block_entries=7) as ob:
+        cur = ob.cursor("c")
+        batch = [(1000.0 + i / 1000, ("value", "event")[i % 2], f"k{i % 5}", f"payload {i}".encode()) for i in range(50)]
+        await ob.append(batch)
+        assert ob.status()["blocks"] == 8  # 7 * 7 + 1
+        want = [(i + 1, round(1000.0 + i / 1000, 3), k, key, p) for i, (_, k, key, p) in enumerate(batch)]
+        assert [tuple(e) for e in cur.read(max_items=100)] == want
+        assert [e.seq for e in cur.read_after(5, max_items=10)] == list(range(6, 16))
+        assert [e.seq for e in cur.read_after(48)] == [49, 50]
+        assert cur.read_after(50) == []
+        await cur.ack(9)  # mid-block
+        assert cur.read(max_items=3)[0].seq == 10 and cur.oldest_age(now=1001.0) == pytest.approx(1 - 0.009)
+        assert ob.status()["tail"] == 8  # block 1..7 went, 8..14 stays
+        big = [(2000.0, "value", "big", b"x" * (BLOCK_RAW_BYTES // 2 + 1)) for _ in range(5)]
+        await ob.append(big)
+        assert ob.status()["blocks"] == 7 + 3  # a block closes after BLOCK_RAW_BYTES of payload
+        assert [len(e.payload) for e in cur.read_after(50)] == [BLOCK_RAW_BYTES // 2 + 1] * 5
 
 
 async def test_no_cursor_keeps_entries(tmp_path):
@@ -97,16 +126,19 @@ async def test_no_cursor_keeps_entries(tmp_path):
 
 async def test_max_bytes_drops_oldest_counts_and_logs_once_per_episode(tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="gatewayd.outbox")
-    per = 10 + ENTRY_OVERHEAD
-    with Outbox(tmp_path / "outbox.db", max_bytes=100 * per) as ob:
+    with Outbox(tmp_path / "outbox.db", block_entries=10) as ob:
         behind, ahead = ob.cursor("behind"), ob.cursor("ahead")
-        await ob.append(entries(100))
+        for k in range(10):
+            await ob.append(same(10, ts=1000.0 + 10 * k))
+        per_block = ob.status()["bytes"] // 10
+        assert ob.status()["bytes"] == 10 * per_block
+        ob.max_bytes = 10 * per_block  # full to the byte
         assert not ob.dropping
         await ahead.ack(95)
-        for _ in range(5):  # 5 episodes' worth of overflow, one episode
-            await ob.append(entries(10))
+        for k in range(5):  # 5 blocks of overflow, one episode
+            await ob.append(same(10, ts=2000.0 + 10 * k))
         st = ob.status()
-        assert st["bytes"] <= 100 * per and st["entries"] == 100 and st["head"] == 150 and st["dropped"] == 50
+        assert (st["bytes"], st["entries"], st["blocks"], st["head"], st["dropped"]) == (10 * per_block, 100, 10, 150, 50)
         assert ob.dropping
         assert st["cursors"]["behind"]["dropped"] == 50 and st["cursors"]["behind"]["acked"] == 50
         assert st["cursors"]["ahead"]["dropped"] == 0 and st["cursors"]["ahead"]["acked"] == 95
@@ -124,15 +156,16 @@ async def test_max_bytes_drops_oldest_counts_and_logs_once_per_episode(tmp_path,
         infos = [r for r in caplog.records if r.levelno == logging.INFO]
         assert len(infos) == 1 and "50 entries were dropped" in infos[0].getMessage()
         # a second episode logs again, once
-        await ob.append(entries(120))
-        await ob.append(entries(5))
+        for k in range(12):
+            await ob.append(same(10))
+        assert ob.status()["dropped"] == 70
         assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 2
 
 
 async def test_max_age_drops_old_entries(tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="gatewayd.outbox")
     now = [1000.0]
-    with Outbox(tmp_path / "outbox.db", max_age=60, drop_chunk=7, clock=lambda: now[0]) as ob:
+    with Outbox(tmp_path / "outbox.db", max_age=60, drop_chunk=7, block_entries=1, clock=lambda: now[0]) as ob:
         cur = ob.cursor("c")
         await ob.append(entries(30, ts=1000.0))  # ts 1000..1029
         assert await ob.enforce_caps() == 0 and cur.backlog() == 30
@@ -152,6 +185,18 @@ async def test_max_age_drops_old_entries(tmp_path, caplog):
         infos = [r for r in caplog.records if r.levelno == logging.INFO]
         assert len(infos) == 1 and "33 entries were dropped" in infos[0].getMessage()
         assert ob.status(now=2053.0)["cursors"]["c"]["oldest_age"] == pytest.approx(60.0)
+
+
+async def test_max_age_keeps_a_block_with_any_young_entry(tmp_path):
+    now = [2000.0]
+    with Outbox(tmp_path / "outbox.db", max_age=60, block_entries=10, clock=lambda: now[0]) as ob:
+        cur = ob.cursor("c")
+        await ob.append([(1935.0 + i, "value", "k", b"v") for i in range(20)])  # blocks 1935..1944, 1945..1954
+        assert ob.status()["dropped"] == 0  # 1935 is too old, but its block holds 1940..1944
+        assert await ob.enforce_caps() == 0
+        now[0] = 2004.5
+        assert await ob.enforce_caps() == 10  # 1935..1944 all older than 1944.5
+        assert cur.dropped == 10 and [e.seq for e in cur.read()][:1] == [11]
 
 
 async def test_memory_mode_writes_no_file_and_forgets(tmp_path):
@@ -200,3 +245,40 @@ async def test_wait_for_data_woken_by_append_from_another_thread(tmp_path):
             await trio.testing.wait_all_tasks_blocked()
             await trio.to_thread.run_sync(ob.append_sync, entries(1))
         assert cur.backlog() == 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    batches=st.lists(
+        st.lists(
+            st.tuples(
+                st.floats(min_value=0, max_value=4e9, allow_nan=False),
+                st.sampled_from(["value", "event", "alarm"]),
+                st.text(min_size=0, max_size=12),
+                st.binary(max_size=64),
+            ),
+            max_size=30,
+        ),
+        max_size=5,
+    ),
+    block_entries=st.integers(1, 9),
+    read_size=st.integers(1, 40),
+)
+def test_block_round_trip_property(batches, block_entries, read_size):
+    with Outbox(None, memory=True, block_entries=block_entries) as ob:
+        cur = ob.cursor("c")
+        want = []
+        for batch in batches:
+            ob.append_sync(batch)
+            want += batch
+        got = []
+        while True:
+            chunk = cur.read(max_items=read_size)
+            if not chunk:
+                break
+            got += chunk
+            cur.ack_sync(chunk[-1].seq)
+        assert [e.seq for e in got] == list(range(1, len(want) + 1))
+        assert [(e.kind, e.key, e.payload) for e in got] == [(k, key, p) for _, k, key, p in want]
+        assert [e.ts for e in got] == [round(ts * 1000) / 1000 for ts, *_ in want]
+        assert ob.status()["entries"] == 0 and ob.status()["bytes"] == 0
