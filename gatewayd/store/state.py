@@ -207,15 +207,18 @@ class StateStore(BaseStore):
         rows = self.db.read_now(lambda conn: conn.execute("SELECT value FROM kv WHERE ns=? AND key=?", (ns, key)).fetchall())
         return loads(rows[0][0]) if rows else default
 
-    def kv_items(self, ns: str, prefix: str = "") -> dict[str, Any]:
-        """All keys of ``ns`` starting with ``prefix``, sorted: ``{key: value}``."""
+    def kv_items(self, ns: str, prefix: str = "") -> list[tuple[str, Any]]:
+        """``(key, value)`` pairs of ``ns`` whose key starts with ``prefix``, sorted by key.
+
+        ``dict(store.kv_items(ns))`` gives a mapping.
+        """
         rows = self.db.read_now(
             lambda conn: conn.execute(
                 "SELECT key, value FROM kv WHERE ns=? AND key >= ? AND key < ? ORDER BY key",
                 (ns, prefix, prefix + _MAX_CHAR),
             ).fetchall()
         )
-        return {k: loads(v) for k, v in rows}
+        return [(k, loads(v)) for k, v in rows]
 
     async def kv_delete(self, ns: str, key: str | None = None) -> int:
         """Delete one key, or the whole namespace when ``key`` is None; returns rows deleted."""

@@ -60,16 +60,17 @@ async def test_kv_namespaces(state):
     await state.kv_set("modbus.plc2", "refused/3/100", True)
     assert state.kv_get("modbus.plc1", "refused/3/100") == {"start": 100, "count": 10}
     assert state.kv_get("modbus.plc1", "missing", default="d") == "d"
-    assert list(state.kv_items("modbus.plc1", "refused/")) == ["refused/3/100", "refused/3/200"]
-    assert state.kv_items("modbus.plc1") == {
-        "other": [1, 2], "refused/3/100": {"start": 100, "count": 10}, "refused/3/200": {"start": 200, "count": 2},
-    }
+    assert [k for k, _ in state.kv_items("modbus.plc1", "refused/")] == ["refused/3/100", "refused/3/200"]
+    assert state.kv_items("modbus.plc1") == [
+        ("other", [1, 2]), ("refused/3/100", {"start": 100, "count": 10}), ("refused/3/200", {"start": 200, "count": 2}),
+    ]
+    assert state.kv_items("modbus.plc1", "refused/3/2") == [("refused/3/200", {"start": 200, "count": 2})]
     await state.kv_set("modbus.plc1", "other", None)
     assert state.kv_get("modbus.plc1", "other", "default") is None  # a stored null is not "missing"
     assert await state.kv_delete("modbus.plc1", "other") == 1
     assert await state.kv_delete("modbus.plc1") == 2
-    assert state.kv_items("modbus.plc1") == {}
-    assert state.kv_items("modbus.plc2") == {"refused/3/100": True}
+    assert state.kv_items("modbus.plc1") == []
+    assert state.kv_items("modbus.plc2") == [("refused/3/100", True)]
 
 
 async def test_discovery_rescan_keeps_decisions(state):
