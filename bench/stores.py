@@ -131,8 +131,16 @@ def bench_history(d: Path, points: int, seconds: int) -> None:
 def bench_key_order(d: Path, points: int, rows: int) -> None:
     """The two candidate key orders side by side, raw APSW with the store's pragmas."""
     for name, ddl, order in (
-        ("(ts, point)", "CREATE TABLE s(ts REAL, point INT, value, flags INT, PRIMARY KEY(ts, point)) WITHOUT ROWID", 0),
-        ("(point, ts)", "CREATE TABLE s(ts REAL, point INT, value, flags INT, PRIMARY KEY(point, ts)) WITHOUT ROWID", 1),
+        (
+            "(ts, point)",
+            "CREATE TABLE s(ts REAL, point INT, value, flags INT, PRIMARY KEY(ts, point)) WITHOUT ROWID",
+            0,
+        ),
+        (
+            "(point, ts)",
+            "CREATE TABLE s(ts REAL, point INT, value, flags INT, PRIMARY KEY(point, ts)) WITHOUT ROWID",
+            1,
+        ),
     ):
         path = d / f"keyorder{order}.db"
         c = apsw.Connection(str(path))
@@ -162,7 +170,7 @@ def bench_outbox(d: Path, n: int) -> None:
     import random
 
     rnd = random.Random(1)
-    payloads = [f"[{20 + rnd.random() * 10:.2f},\"ok\"]".encode() for _ in range(997)]  # recorder-style values
+    payloads = [f'[{20 + rnd.random() * 10:.2f},"ok"]'.encode() for _ in range(997)]  # recorder-style values
     with Outbox(d / "outbox.db") as ob:
         batch = 1000
         w0 = write_bytes()
@@ -170,14 +178,17 @@ def bench_outbox(d: Path, n: int) -> None:
         ts = 1_700_000_000.0
         for i in range(0, n, batch):
             ob.append_sync(
-                [(ts + (i + j) / 100, "value", f"site/dev{j % 10}/p{j % 100}", payloads[(i + j) % 997]) for j in range(batch)]
+                [
+                    (ts + (i + j) / 100, "value", f"site/dev{j % 10}/p{j % 100}", payloads[(i + j) % 997])
+                    for j in range(batch)
+                ]
             )
         dt = time.perf_counter() - t
         ob.db.checkpoint_sync("TRUNCATE")
         wb = write_bytes() - w0
         size = os.path.getsize(d / "outbox.db")
         print(
-            f"outbox append: {fmt(n)} values (~12-byte payloads like [21.53,\"ok\"]) in {batch}-entry batches: "
+            f'outbox append: {fmt(n)} values (~12-byte payloads like [21.53,"ok"]) in {batch}-entry batches: '
             f"{fmt(n / dt)} values/s, {wb / n:.1f} bytes written/value, file {size / n:.1f} bytes/value"
         )
         cur = ob.cursor("bench", start="oldest")
@@ -208,7 +219,10 @@ def bench_outbox(d: Path, n: int) -> None:
                 await cur.ack(entries[-1].seq)
             return m / (time.perf_counter() - t)
 
-        print(f"outbox drain from trio (read_now + await ack), 200,000 entries: {fmt(trio.run(drain_async, 200_000))} values/s")
+        print(
+            "outbox drain from trio (read_now + await ack), 200,000 entries: "
+            f"{fmt(trio.run(drain_async, 200_000))} values/s"
+        )
 
     for batch, n_small in ((10, 20_000), (100, 100_000)):
         with Outbox(d / f"outbox-small{batch}.db") as ob:

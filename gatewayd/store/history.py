@@ -127,7 +127,9 @@ class HistoryStore(BaseStore):
             elif value is None or isinstance(value, (int, float, str)):
                 rows.append((float(ts), pid, value, sid * 2))
             else:
-                raise TypeError(f"history value for {point_id} must be float/int/bool/str/None, got {type(value).__name__}")
+                raise TypeError(
+                    f"history value for {point_id} must be float/int/bool/str/None, got {type(value).__name__}"
+                )
         return rows
 
     def _decode(self, conn: apsw.Connection, value: Any, flags: int) -> tuple[Any, str]:

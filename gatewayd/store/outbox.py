@@ -558,9 +558,7 @@ class Outbox(BaseStore):
             after = row[0][0]
         out: list[Entry] = []
         total = 0
-        blocks = conn.execute(
-            "SELECT first, last, ts_first, data FROM block WHERE last > ? ORDER BY first", (after,)
-        )
+        blocks = conn.execute("SELECT first, last, ts_first, data FROM block WHERE last > ? ORDER BY first", (after,))
         try:
             for first, last, ts_first, data in blocks:
                 for e in self._block_entries(conn, first, last, ts_first, data)[max(0, after - first + 1) :]:
@@ -606,7 +604,9 @@ class Outbox(BaseStore):
         when = self.clock() if now is None else now
 
         def q(conn: apsw.Connection) -> dict[str, Any]:
-            head, size, appended, dropped = conn.execute("SELECT head, bytes, appended, dropped FROM meta").fetchall()[0]
+            head, size, appended, dropped = conn.execute("SELECT head, bytes, appended, dropped FROM meta").fetchall()[
+                0
+            ]
             tail = _tail(conn)
             blocks = conn.execute("SELECT count(*) FROM block").fetchall()[0][0]
             names = [n for (n,) in conn.execute("SELECT name FROM cursor ORDER BY name")]
@@ -702,7 +702,9 @@ class OutboxCursor:
             raise ValueError(f"outbox cursor {self.name}: cannot ack {seq}, head is {head}")
         if seq <= acked:
             return 0
-        conn.execute("UPDATE cursor SET acked = ?, delivered = delivered + ? WHERE name = ?", (seq, seq - acked, self.name))
+        conn.execute(
+            "UPDATE cursor SET acked = ?, delivered = delivered + ? WHERE name = ?", (seq, seq - acked, self.name)
+        )
         self.outbox._compact_txn(conn, self.outbox.compact_chunk)
         return seq - acked
 

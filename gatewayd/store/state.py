@@ -196,7 +196,8 @@ class StateStore(BaseStore):
 
         def w(conn: apsw.Connection) -> None:
             conn.execute(
-                "INSERT INTO kv(ns, key, value) VALUES(?, ?, ?) ON CONFLICT(ns, key) DO UPDATE SET value=excluded.value",
+                "INSERT INTO kv(ns, key, value) VALUES(?, ?, ?) "
+                "ON CONFLICT(ns, key) DO UPDATE SET value=excluded.value",
                 (ns, key, text),
             )
 
@@ -204,7 +205,9 @@ class StateStore(BaseStore):
 
     def kv_get(self, ns: str, key: str, default: Any = None) -> Any:
         """The value under (``ns``, ``key``), or ``default``."""
-        rows = self.db.read_now(lambda conn: conn.execute("SELECT value FROM kv WHERE ns=? AND key=?", (ns, key)).fetchall())
+        rows = self.db.read_now(
+            lambda conn: conn.execute("SELECT value FROM kv WHERE ns=? AND key=?", (ns, key)).fetchall()
+        )
         return loads(rows[0][0]) if rows else default
 
     def kv_items(self, ns: str, prefix: str = "") -> list[tuple[str, Any]]:

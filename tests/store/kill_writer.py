@@ -30,7 +30,7 @@ def main(directory: str) -> None:
         history.append_sync(samples)
         print(f"H {ts + (BATCH - 1) // POINTS}", flush=True)
         ts += BATCH // POINTS
-        seq = outbox.append_sync([(ts, "value", f"p{i % POINTS}", b"[1.5,\"ok\"]" * 3) for i in range(BATCH)])
+        seq = outbox.append_sync([(ts, "value", f"p{i % POINTS}", b'[1.5,"ok"]' * 3) for i in range(BATCH)])
         print(f"O {seq}", flush=True)
     history.close()
     outbox.close()

@@ -31,8 +31,12 @@ async def test_append_query_types_and_order(history):
     assert n == 7
     rows = history.query("ahu1/t")
     assert [(r["ts"], r["value"], r["status"]) for r in rows] == [
-        (100.0, 21.5, "ok"), (101.0, 22, "ok"), (102.0, True, "stale"), (103.0, "text", "fault"),
-        (104.0, None, "down"), (105.0, None, "ok"),  # NaN is stored as NULL
+        (100.0, 21.5, "ok"),
+        (101.0, 22, "ok"),
+        (102.0, True, "stale"),
+        (103.0, "text", "fault"),
+        (104.0, None, "down"),
+        (105.0, None, "ok"),  # NaN is stored as NULL
     ]
     assert type(rows[1]["value"]) is int and type(rows[2]["value"]) is bool
     assert history.query("ahu2/t") == [{"ts": 100.5, "value": 1.0, "status": "remote-fault"}]
@@ -79,8 +83,15 @@ async def test_downsample_buckets(history):
     with pytest.raises(ValueError):
         history.query("p", downsample=0)
     assert await history.query_async("p", downsample=600) == [
-        {"ts": 600.0, "min": 0.0, "max": 119.0, "avg": pytest.approx(59.5), "count": 120, "last": 119.0,
-         "last_ts": 1119.0}
+        {
+            "ts": 600.0,
+            "min": 0.0,
+            "max": 119.0,
+            "avg": pytest.approx(59.5),
+            "count": 120,
+            "last": 119.0,
+            "last_ts": 1119.0,
+        }
     ]
 
 

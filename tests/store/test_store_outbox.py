@@ -28,7 +28,7 @@ async def test_append_read_ack(tmp_path):
     with Outbox(tmp_path / "outbox.db") as ob:
         cur = ob.cursor("mqtt.main")
         assert await ob.append([]) == 0
-        assert await ob.append([(1.2345678, "value", "ahu1/t", b"[21.5,\"ok\"]"), (2.0, "alarm", "dev1", b"{}")]) == 2
+        assert await ob.append([(1.2345678, "value", "ahu1/t", b'[21.5,"ok"]'), (2.0, "alarm", "dev1", b"{}")]) == 2
         assert ob.head == 2
         first = cur.read()
         assert first == [Entry(1, 1.235, "value", "ahu1/t", b'[21.5,"ok"]'), Entry(2, 2.0, "alarm", "dev1", b"{}")]
@@ -100,7 +100,9 @@ async def test_compaction_waits_for_the_slowest_cursor(tmp_path):
 async def test_blocks_split_and_read_across_boundaries(tmp_path):
     with Outbox(tmp_path / "outbox.db", block_entries=7) as ob:
         cur = ob.cursor("c")
-        batch = [(1000.0 + i / 1000, ("value", "event")[i % 2], f"k{i % 5}", f"payload {i}".encode()) for i in range(50)]
+        batch = [
+            (1000.0 + i / 1000, ("value", "event")[i % 2], f"k{i % 5}", f"payload {i}".encode()) for i in range(50)
+        ]
         await ob.append(batch)
         assert ob.status()["blocks"] == 8  # 7 * 7 + 1
         want = [(i + 1, round(1000.0 + i / 1000, 3), k, key, p) for i, (_, k, key, p) in enumerate(batch)]
@@ -138,7 +140,13 @@ async def test_max_bytes_drops_oldest_counts_and_logs_once_per_episode(tmp_path,
         for k in range(5):  # 5 blocks of overflow, one episode
             await ob.append(same(10, ts=2000.0 + 10 * k))
         st = ob.status()
-        assert (st["bytes"], st["entries"], st["blocks"], st["head"], st["dropped"]) == (10 * per_block, 100, 10, 150, 50)
+        assert (st["bytes"], st["entries"], st["blocks"], st["head"], st["dropped"]) == (
+            10 * per_block,
+            100,
+            10,
+            150,
+            50,
+        )
         assert ob.dropping
         assert st["cursors"]["behind"]["dropped"] == 50 and st["cursors"]["behind"]["acked"] == 50
         assert st["cursors"]["ahead"]["dropped"] == 0 and st["cursors"]["ahead"]["acked"] == 95
@@ -156,7 +164,7 @@ async def test_max_bytes_drops_oldest_counts_and_logs_once_per_episode(tmp_path,
         infos = [r for r in caplog.records if r.levelno == logging.INFO]
         assert len(infos) == 1 and "50 entries were dropped" in infos[0].getMessage()
         # a second episode logs again, once
-        for k in range(12):
+        for _ in range(12):
             await ob.append(same(10))
         assert ob.status()["dropped"] == 70
         assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 2

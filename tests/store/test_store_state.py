@@ -40,8 +40,13 @@ async def test_audit_filters_newest_first(state):
     everything = state.list_audit()
     assert [e["ts"] for e in everything] == [400.0, 300.0, 200.0, 100.0]
     assert everything[2] == {
-        "id": 2, "ts": 200.0, "actor": "bob", "action": "points.write", "target": "ahu2/sp",
-        "detail": {"value": 5}, "ok": False,
+        "id": 2,
+        "ts": 200.0,
+        "actor": "bob",
+        "action": "points.write",
+        "target": "ahu2/sp",
+        "detail": {"value": 5},
+        "ok": False,
     }
     assert [e["id"] for e in state.list_audit(actor="alice")] == [3, 1]
     assert [e["id"] for e in state.list_audit(action="points.write")] == [2, 1]
@@ -62,7 +67,9 @@ async def test_kv_namespaces(state):
     assert state.kv_get("modbus.plc1", "missing", default="d") == "d"
     assert [k for k, _ in state.kv_items("modbus.plc1", "refused/")] == ["refused/3/100", "refused/3/200"]
     assert state.kv_items("modbus.plc1") == [
-        ("other", [1, 2]), ("refused/3/100", {"start": 100, "count": 10}), ("refused/3/200", {"start": 200, "count": 2}),
+        ("other", [1, 2]),
+        ("refused/3/100", {"start": 100, "count": 10}),
+        ("refused/3/200", {"start": 200, "count": 2}),
     ]
     assert state.kv_items("modbus.plc1", "refused/3/2") == [("refused/3/200", {"start": 200, "count": 2})]
     await state.kv_set("modbus.plc1", "other", None)
