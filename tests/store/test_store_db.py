@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import threading
 
 import apsw
@@ -251,3 +253,43 @@ def test_job_calling_back_into_the_writer_fails_instead_of_deadlocking(tmp_path)
     with Database(tmp_path / "d.db", "d", [V1]) as db:
         with pytest.raises(RuntimeError, match="deadlock"):
             db.write_sync(lambda c: db.write_sync(lambda c2: None))
+
+
+@pytest.fixture
+def tiny_fs(tmp_path):
+    """A 512 KiB tmpfs mounted in tmp_path (root only): a real ENOSPC."""
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a tiny tmpfs")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mnt)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_real_disk_full_on_a_tiny_filesystem(tiny_fs):
+    filler = tiny_fs / "filler"
+    path = tiny_fs / "history.db"
+    with HistoryStore(path) as history:
+        history.append_sync([("p", 1.0, 1.0, "ok")])
+        filler.write_bytes(b"\0" * (300 * 1024))
+        with pytest.raises(StoreFullError) as info:
+            for i in range(1000):  # bounded: 512 KiB cannot hold 1000 batches
+                history.append_sync([(f"p{j}", 10.0 + i, float(j), "ok") for j in range(1000)])
+        assert str(path) in str(info.value)
+        filler.unlink()  # space frees: the same store keeps working
+        history.append_sync([("p", 2.0, 2.0, "ok")])
+        assert [r["value"] for r in history.query("p")] == [1.0, 2.0]
+    assert integrity_ok(path)
+
+
+def integrity_ok(path) -> bool:
+    conn = apsw.Connection(str(path))
+    try:
+        return conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    finally:
+        conn.close()
