@@ -9,6 +9,7 @@ import threading
 import apsw
 import pytest
 import trio
+import trio.testing
 
 from gatewayd.store import (
     Database,
@@ -146,22 +147,42 @@ async def test_read_now_sees_committed_snapshot(tmp_path):
         assert got == [("x",)]
 
 
-async def test_cancel_withdraws_a_queued_write(tmp_path):
+async def test_cancel_withdraws_a_queued_write_but_waits_for_a_running_one(tmp_path):
     with Database(tmp_path / "c.db", "c", [V1]) as db:
-        gate = threading.Event()
+        running, gate = threading.Event(), threading.Event()
 
         def blocker(conn):
+            conn.execute("INSERT INTO t(name) VALUES('running')")
+            running.set()
             gate.wait(10)
 
+        running_scope, queued_scope = trio.CancelScope(), trio.CancelScope()
+        finished = []
+
+        async def first():
+            with running_scope:
+                await db.write(blocker)
+                finished.append("first")
+                await trio.lowlevel.checkpoint()  # the pending cancel is delivered here
+                finished.append("never")
+
+        async def second():
+            with queued_scope:
+                await db.write(lambda c: c.execute("INSERT INTO t(name) VALUES('withdrawn')"))
+
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(db.write, blocker)
+            nursery.start_soon(first)
+            await trio.to_thread.run_sync(running.wait, 10)
+            nursery.start_soon(second)
+            await trio.testing.wait_all_tasks_blocked()  # second is queued behind blocker
+            queued_scope.cancel()
+            running_scope.cancel()
             await trio.testing.wait_all_tasks_blocked()
-            with trio.move_on_after(0) as scope:  # cancelled while queued behind blocker
-                await db.write(lambda c: c.execute("INSERT INTO t(name) VALUES('never')"))
-            assert scope.cancelled_caught
+            assert queued_scope.cancelled_caught and finished == []  # withdrawn at once; first still waits
             gate.set()
+        assert running_scope.cancelled_caught and finished == ["first"]
         await db.write(lambda c: None)  # the queue has drained
-        assert db.read_now(lambda c: c.execute("SELECT count(*) FROM t").fetchall()) == [(0,)]
+        assert db.read_now(lambda c: c.execute("SELECT name FROM t").fetchall()) == [("running",)]
 
 
 def test_disk_full_is_store_error_and_recovers(tmp_path):
