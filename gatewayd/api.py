@@ -125,10 +125,12 @@ def build_registry(gw: "Gateway"):
             if connector and r.id != connector:
                 continue
             info = r.info()
-            try:
-                info["outbox"] = gw.outbox.cursor(r.id).status() if gw.outbox is not None else None
-            except Exception as e:
-                info["outbox"] = {"error": str(e)}
+            info["outbox"] = None
+            if gw.outbox is not None and r.id in gw.outbox.cursor_names():
+                try:
+                    info["outbox"] = gw.outbox.cursor(r.id).status()
+                except Exception as e:  # a status read must never break the listing
+                    info["outbox"] = {"error": str(e)}
             out.append(info)
         if connector and not out:
             raise RpcError(NOT_FOUND, f"no connector {connector!r}")
