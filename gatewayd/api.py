@@ -66,9 +66,9 @@ def build_registry(gw: "Gateway"):
     reg = MethodRegistry(audit=audit_hook)
 
     def point_errors(fn):
-        async def wrapper(call, **kw):
+        async def wrapper(call, *args, **kw):
             try:
-                return await fn(call, **kw)
+                return await fn(call, *args, **kw)
             except PointError as e:
                 code = NOT_FOUND if str(e).startswith("unknown point") else INVALID_PARAMS
                 raise RpcError(code, str(e)) from None

@@ -141,7 +141,8 @@ def print_table(rows: list[dict], columns: list[str] | None = None, out=sys.stdo
     cells = [[(_fmt_ts(r.get(c)) if c in ("ts", "last_ok", "down_since", "started_at", "first_seen", "last_seen")
                else _fmt(r.get(c))) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    total = shutil.get_terminal_size((160, 24)).columns
+    # fit a terminal; never cut when piped (scripts and grep want whole ids)
+    total = shutil.get_terminal_size((160, 24)).columns if out.isatty() else 10**9
     while sum(widths) + 2 * len(widths) > total and max(widths) > 12:
         i = widths.index(max(widths))
         widths[i] -= 1

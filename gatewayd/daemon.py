@@ -46,6 +46,13 @@ START_TIMEOUT = 30.0
 WRITE_TIMEOUT = 30.0
 
 
+def _leaf(e: BaseException) -> BaseException:
+    """The single real error inside nested exception groups (or the group itself)."""
+    while isinstance(e, BaseExceptionGroup) and len(e.exceptions) == 1:
+        e = e.exceptions[0]
+    return e
+
+
 class Runner:
     """Supervises one driver or connector instance: start, crash, backoff, restart."""
 
@@ -105,7 +112,8 @@ class Runner:
                         log.warning("%s %s returned; restarting", self.kind, self.id, extra=fields)
                     except Exception as e:
                         self.crashes += 1
-                        self.last_error = f"{type(e).__name__}: {e}"
+                        leaf = _leaf(e)
+                        self.last_error = f"{type(leaf).__name__}: {leaf}"
                         self.state = "backoff"
                         self.ready.set()  # a crashing plugin must not hold READY back
                         log.error("%s %s crashed (%s); restarting in %.0fs", self.kind, self.id,
