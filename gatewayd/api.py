@@ -203,8 +203,11 @@ def build_registry(gw: "Gateway"):
                     n.cancel_scope.cancel()
                 n.start_soon(closer)
                 async for batch in sub:
-                    await call.notify("points.changed", {"events": [event_to_dict(e) for e in batch],
-                                                         "dropped": sub.dropped})
+                    try:
+                        await call.notify("points.changed", {"events": [event_to_dict(e) for e in batch],
+                                                             "dropped": sub.dropped})
+                    except trio.ClosedResourceError:
+                        break  # the client left
         finally:
             sub.close()
         return {"dropped": sub.dropped}

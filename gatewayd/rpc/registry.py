@@ -52,7 +52,11 @@ class Call:
         """Send a server-to-client notification on this connection."""
         if self._send is None or self.closed.is_set():
             raise trio.ClosedResourceError("the client has gone")
-        await self._send({"jsonrpc": "2.0", "method": method, "params": params})
+        try:
+            await self._send({"jsonrpc": "2.0", "method": method, "params": params})
+        except (trio.BrokenResourceError, OSError):
+            self.closed.set()
+            raise trio.ClosedResourceError("the client has gone") from None
 
 
 class MethodRegistry:
@@ -124,6 +128,10 @@ class MethodRegistry:
                 await self._audit(m, call, req.params, False, str(e))
                 raise RpcError(INVALID_PARAMS, f"invalid params for {m.name}: {e}") from None
             except trio.Cancelled:
+                raise
+            except trio.ClosedResourceError:
+                if call.closed.is_set():
+                    return None  # a streaming call whose client left: nothing to answer
                 raise
             except Exception as e:
                 log.error("RPC method %s failed", m.name, exc_info=True)

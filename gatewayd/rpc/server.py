@@ -132,12 +132,24 @@ async def _connection(stream: trio.SocketStream, registry: Any, role_map: RoleMa
                     if out is not None:
                         await send(out)
             n.cancel_scope.cancel()
-    except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionResetError, BrokenPipeError):
-        pass
+    except Exception as e:
+        # one connection's trouble never reaches the listener: a client that left is normal,
+        # anything else is logged
+        if not _only_disconnects(e):
+            log.error("control connection failed", exc_info=True)
     finally:
         closed.set()
         with trio.CancelScope(shield=True):
             await stream.aclose()
+
+
+_GONE = (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionResetError, BrokenPipeError)
+
+
+def _only_disconnects(e: BaseException) -> bool:
+    if isinstance(e, BaseExceptionGroup):
+        return all(_only_disconnects(x) for x in e.exceptions)
+    return isinstance(e, _GONE)
 
 
 async def _handle(line: bytes, registry, role, cred, actor, send, closed) -> Any:
