@@ -180,7 +180,8 @@ class HumanFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         t = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.created)) + f".{int(record.msecs):03d}"
         f = _extra_fields(record)
-        tag = "/".join(f[k] for k in ("DRIVER", "CONNECTOR", "DEVICE", "POINT") if k in f)
+        keys = ("DRIVER", "CONNECTOR", "POINT") if "POINT" in f else ("DRIVER", "CONNECTOR", "DEVICE")
+        tag = "/".join(f[k] for k in keys if k in f)
         line = f"{t} {record.levelname:<5} {record.name}" + (f" [{tag}]" if tag else "") + f" {record.getMessage()}"
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
