@@ -465,6 +465,8 @@ class Gateway:
                     except Exception:  # pragma: no cover
                         log.error("closing a store failed", exc_info=True)
             log.info("stopped")
+            if hasattr(self.notifier, "close"):
+                self.notifier.close()
 
     async def _stop_connectors(self) -> None:
         """Give connectors the rest of the grace period: they see ``gateway.stopping`` set."""

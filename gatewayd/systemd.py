@@ -62,6 +62,11 @@ class Notifier:
                 log.warning("sd_notify to %s failed: %s", self.address, e)
             return False
 
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
     def ready(self, status: str | None = None) -> None:
         self.send("READY=1", *( [f"STATUS={status}"] if status else []))
 
