@@ -148,8 +148,14 @@ class PluginRegistry:
         try:
             mod = ep.load()
         except ModuleNotFoundError as e:
+            module = ep.value.split(":")[0]
+            if e.name and (module == e.name or module.startswith(e.name + ".")):
+                msg = (f"plugin {name!r} is declared (entry point {ep.value}) but its package is missing: "
+                       "the installation is incomplete, reinstall gatewayd")
+                self.failed[name] = msg
+                return msg
             # first-party plugins: the entry-point name is the extra's name
-            extra = name if ep.value.split(":")[0].startswith("gatewayd_") else None
+            extra = name if module.startswith("gatewayd_") else None
             msg = _missing_dependency_message(name, ep.value, e, extra)
             self.failed[name] = msg
             return msg

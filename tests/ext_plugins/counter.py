@@ -51,6 +51,15 @@ class CounterDriver(Driver):
     def status(self):
         return {"cycles": self.cycles}
 
+    async def discover(self, count: int = 2):
+        """Pretend to find ``count`` devices."""
+        for i in range(count):
+            await self.ctx.report_discovery(f"unit-{i}", {"name": f"found {i}", "unit": i})
+        return {"found": count}
+
+    def accept_discovered(self, key, data):
+        return f"found-{data['unit']}", {"points": {"n": {"step": 5.0, "tags": ["found"]}}}
+
 
 @hookimpl
 def gatewayd_register(registry):
