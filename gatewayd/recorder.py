@@ -91,6 +91,10 @@ class Recorder:
         self.write_errors = 0
         self.last_error: str | None = None
         self._pending: list[Event] = []
+        self._retry_h: list = []
+        self._retry_o: list = []
+        self._failing: set[str] = set()
+        self.retry_dropped = 0
         self._dirty_current: set[str] = set()
         self._idle = trio.Event()
         self._idle.set()
@@ -103,6 +107,7 @@ class Recorder:
         return {"samples_written": self.samples_written, "outbox_entries_written": self.entries_written,
                 "batches": self.batches, "pending": self.sub.pending() + len(self._pending),
                 "write_errors": self.write_errors, "last_error": self.last_error,
+                "held_for_retry": len(self._retry_h) + len(self._retry_o), "retry_dropped": self.retry_dropped,
                 "dropped_before_recording": self.sub.dropped, "outbox_enabled": self.outbox_on}
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -142,28 +147,51 @@ class Recorder:
         entries = [encode_event(ev) for ev in events] if self.outbox_on else []
         await self._store(samples, entries)
 
+    #: rows kept in memory per store while it cannot be written (disk full, I/O error)
+    RETRY_MAX = 500_000
+
     async def _store(self, samples: list, entries: list) -> None:
-        # a failing store (disk full, I/O error) is reported and retried with the next batch;
-        # the daemon stays up and the other store keeps working.
+        # A failing store (disk full, I/O error) is reported, its rows are kept and
+        # retried with the next batch (bounded by RETRY_MAX, oldest dropped and counted
+        # beyond it); the daemon stays up and the other store keeps working.
+        samples = self._retry_h + samples
+        entries = self._retry_o + entries
+        self._retry_h, self._retry_o = [], []
         if samples:
             try:
                 await self.gw.history.append(samples)
                 self.samples_written += len(samples)
+                self._recovered("history")
             except Exception as e:
                 self._failed("history", e, len(samples))
+                self._retry_h = self._keep(samples)
         if entries:
             try:
                 await self.gw.outbox.append(entries)
                 self.entries_written += len(entries)
+                self._recovered("outbox")
             except Exception as e:
                 self._failed("outbox", e, len(entries))
+                self._retry_o = self._keep(entries)
         self.batches += 1
+
+    def _keep(self, rows: list) -> list:
+        if len(rows) > self.RETRY_MAX:
+            self.retry_dropped += len(rows) - self.RETRY_MAX
+            rows = rows[-self.RETRY_MAX:]
+        return rows
+
+    def _recovered(self, what: str) -> None:
+        if what in self._failing:
+            self._failing.discard(what)
+            log.warning("%s store writable again; held rows written", what)
 
     def _failed(self, what: str, e: Exception, n: int) -> None:
         self.write_errors += 1
+        self._failing.add(what)
         msg = f"{type(e).__name__}: {e}"
         if msg != self.last_error:
-            log.error("could not write %d %s rows: %s", n, what, msg)
+            log.error("could not write %d %s rows (kept in memory, retrying): %s", n, what, msg)
         self.last_error = msg
 
     async def drain(self) -> None:
@@ -171,6 +199,8 @@ class Recorder:
         while self.sub.pending():
             await self._write(self.sub.get_nowait(self.hcfg.batch_size))
         await self._idle.wait()
+        if self._retry_h or self._retry_o:
+            await self._store([], [])
 
     async def final_flush(self) -> None:
         await self._save_current()
