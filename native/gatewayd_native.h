@@ -62,11 +62,15 @@ typedef struct { uint8_t table; uint8_t unit; uint16_t pad; uint32_t start; uint
 typedef struct { uint8_t table; uint8_t unit; uint16_t pad; uint32_t start; uint32_t count; } gw_block;
 typedef struct { uint64_t key; uint32_t width; uint32_t idx; } gw_sort_item;
 enum { GW_PLAN_OK = 0, GW_PLAN_TOO_WIDE = 1, GW_PLAN_FORBIDDEN = 2, GW_PLAN_ZERO_WIDTH = 3 };
-/* order: scratch of n items; block_of/offset/error: n each; blocks: room for n. Returns number of blocks.
+/* Inputs as parallel arrays. order: scratch of n items. Outputs: blocks (room for n); the planned points
+ * in block order as member_idx/member_off (count = return of *n_members), block b owning
+ * member_idx[block_first[b] .. block_first[b+1]); error[i] per input point. Returns the block count.
  * Refused ranges are checked linearly (O(n * nf)); devices refuse few ranges. */
-size_t gw_plan(const gw_plan_point *pts, size_t n, uint32_t max_gap, uint32_t max_regs, uint32_t max_bits,
+size_t gw_plan(const uint8_t *tables, const uint8_t *units, const uint32_t *addresses, const uint32_t *widths,
+               size_t n, uint32_t max_gap, uint32_t max_regs, uint32_t max_bits,
                const gw_range *forbidden, size_t nf, gw_sort_item *order, gw_block *blocks,
-               int32_t *block_of, uint32_t *offset, uint8_t *error);
+               uint32_t *block_first, uint32_t *member_idx, uint32_t *member_off, size_t *n_members,
+               uint8_t *error);
 
 /* ---- Register codec */
 enum { GW_T_BOOL = 0, GW_T_INT16, GW_T_UINT16, GW_T_INT32, GW_T_UINT32, GW_T_INT64, GW_T_UINT64, GW_T_FLOAT32,

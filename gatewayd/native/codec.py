@@ -103,16 +103,29 @@ class BlockDecoder:
             self._sp = ffi.from_buffer("uint8_t[]", self._strbuf)
         else:
             self._sp = ffi.NULL
-        # all points plain numbers? then the fast path skips per-point fix-ups
-        self.simple = not bits and self._strbuf is None
+        # Fast path for the common layout (16/32-bit numbers, no bits or strings): the kinds the C call
+        # reports for a full payload are known in advance, and a builder generated once per layout picks
+        # each value from the float or the integer array without a per-point branch.
+        self._fast = None
+        if not bits and all(s.type in ("int16", "uint16", "int32", "uint32", "float32", "float64")
+                            and s.bit_offset is None for s in self.specs):
+            expect, parts = bytearray(), []
+            for i, s in enumerate(self.specs):
+                as_int = not s.type.startswith("float") and s.scale == 1.0 and s.add == 0.0
+                expect.append(lib.GW_K_INT if as_int else lib.GW_K_FLOAT)
+                parts.append(f"q[{i}]" if as_int else f"d[{i}]")
+            self._expect = bytes(expect)
+            self._fast = eval(f"lambda d, q: [{', '.join(parts)}]")  # noqa: S307 - built from validated ints only
 
     def decode_into(self, payload: bytes) -> tuple[list, bytes]:
         """(values, kinds): kinds[i] is 5 for a point beyond a short payload (value None)."""
         if self._strbuf is not None and len(self._strbuf) < len(payload):
             self._strbuf.extend(bytes(len(payload) - len(self._strbuf)))
             self._sp = ffi.from_buffer("uint8_t[]", self._strbuf)
-        lib.gw_decode(self._c, self.n, ffi.from_buffer(payload), len(payload), self.bits,
-                      self._vp, self._ip, self._kp, self._sp)
+        buf = payload if type(payload) is bytes else ffi.from_buffer(payload)
+        lib.gw_decode(self._c, self.n, buf, len(payload), self.bits, self._vp, self._ip, self._kp, self._sp)
+        if self._fast is not None and self._kinds == self._expect:
+            return self._fast(self._values.tolist(), self._ivalues.tolist()), self._expect
         vals = self._values.tolist()[: self.n]
         kinds = bytes(self._kinds[: self.n])
         if kinds.count(0) != self.n:  # anything but plain floats needs a fix-up

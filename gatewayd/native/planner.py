@@ -9,6 +9,7 @@ refused ranges).
 
 from __future__ import annotations
 
+from array import array
 from enum import IntEnum
 from typing import NamedTuple, Sequence
 
@@ -56,12 +57,21 @@ def plan(points: Sequence, *, max_gap: int = 10, max_registers: int = 125, max_b
     n = len(points)
     if not (0 <= max_gap and 1 <= max_registers <= 65535 and 1 <= max_bits <= 65535):
         raise ValueError("max_gap >= 0, max_registers and max_bits 1..65535")
-    pts = ffi.new("gw_plan_point[]", max(n, 1))
-    for i, (t, u, a, w) in enumerate(points):
-        if not (0 <= t <= 3 and 0 <= u <= 255 and 0 <= a <= 0xFFFFFFFF and 0 <= w <= 0xFFFFFFFF):
-            raise ValueError(f"point {i}: table 0..3, unit 0..255, address and width >= 0: {(t, u, a, w)}")
-        p = pts[i]
-        p.table, p.unit, p.address, p.width = t, u, a, w
+    if n:
+        tables, units, addrs, widths = zip(*points)
+        try:
+            tb, ub = bytes(tables), bytes(units)
+            ab, wb = array("I", addrs), array("I", widths)
+        except (ValueError, OverflowError, TypeError):
+            for i, (t, u, a, w) in enumerate(points):
+                if not (0 <= t <= 3 and 0 <= u <= 255 and 0 <= a <= 0xFFFFFFFF and 0 <= w <= 0xFFFFFFFF):
+                    raise ValueError(f"point {i}: table 0..3, unit 0..255, address and width >= 0: {(t, u, a, w)}")
+            raise
+        if max(tb) > 3:
+            raise ValueError("table must be 0..3 (coil, discrete, holding, input)")
+    else:
+        tb = ub = b"\0"
+        ab = wb = array("I", [0])
     nf = len(forbidden)
     fb = ffi.new("gw_range[]", max(nf, 1))
     for k, (t, u, s, e) in enumerate(forbidden):
@@ -69,22 +79,21 @@ def plan(points: Sequence, *, max_gap: int = 10, max_registers: int = 125, max_b
             raise ValueError(f"forbidden range {k}: end {e} < start {s}")
         f = fb[k]
         f.table, f.unit, f.start, f.end = t, u, s, e
-    order = ffi.new("gw_sort_item[]", max(n, 1))
-    blocks = ffi.new("gw_block[]", max(n, 1))
-    block_of = ffi.new("int32_t[]", max(n, 1))
-    offset = ffi.new("uint32_t[]", max(n, 1))
-    error = ffi.new("uint8_t[]", max(n, 1))
-    nb = lib.gw_plan(pts, n, max_gap, max_registers, max_bits, fb, nf, order, blocks, block_of, offset, error)
-    members: list[list] = [[] for _ in range(nb)]
-    errors = {}
-    bo = ffi.unpack(block_of, n)
-    off = ffi.unpack(offset, n)
-    err = ffi.unpack(error, n)
-    for i in range(n):
-        if err[i]:
-            errors[i] = _ERR[err[i]]
-        else:
-            members[bo[i]].append((i, off[i]))
-    out = [Block(blocks[b].table, blocks[b].unit, blocks[b].start, blocks[b].count, tuple(members[b]))
-           for b in range(nb)]
+    m = max(n, 1)
+    order = ffi.new("gw_sort_item[]", m)
+    blocks = ffi.new("gw_block[]", m)
+    first = array("I", bytes(4 * (m + 1)))
+    midx = array("I", bytes(4 * m))
+    moff = array("I", bytes(4 * m))
+    err = bytearray(m)
+    nmem = ffi.new("size_t *")
+    nb = lib.gw_plan(tb, ub, ffi.from_buffer("uint32_t[]", ab), ffi.from_buffer("uint32_t[]", wb), n, max_gap,
+                     max_registers, max_bits, fb, nf, order, blocks, ffi.from_buffer("uint32_t[]", first),
+                     ffi.from_buffer("uint32_t[]", midx), ffi.from_buffer("uint32_t[]", moff), nmem,
+                     ffi.from_buffer("uint8_t[]", err))
+    idx, off, fst = midx.tolist(), moff.tolist(), first.tolist()
+    raw = ffi.unpack(blocks, nb)
+    out = [Block(b.table, b.unit, b.start, b.count, tuple(zip(idx[fst[k]:fst[k + 1]], off[fst[k]:fst[k + 1]])))
+           for k, b in enumerate(raw)]
+    errors = {i: _ERR[e] for i, e in enumerate(err[:n]) if e}
     return Plan(out, errors)

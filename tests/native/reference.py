@@ -193,19 +193,20 @@ def plan_min_blocks(points, max_gap, cap_regs, cap_bits, forbidden) -> int | Non
     best = [len(pts) + 1]
 
     def rec(i, groups):
+        # every set partition (feasibility is not monotone: a point can bridge a gap, so only
+        # complete groups are checked)
         if len(groups) >= best[0]:
             return
         if i == len(pts):
-            best[0] = len(groups)
+            if all(feasible(g) for g in groups):
+                best[0] = len(groups)
             return
         for g in groups:
             g.append(i)
-            if feasible(g):
-                rec(i + 1, groups)
+            rec(i + 1, groups)
             g.pop()
         groups.append([i])
-        if feasible(groups[-1]):
-            rec(i + 1, groups)
+        rec(i + 1, groups)
         groups.pop()
 
     rec(0, [])
