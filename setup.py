@@ -7,6 +7,7 @@
 import os
 
 from setuptools import find_packages, setup
+from setuptools.command.build_ext import build_ext
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -28,4 +29,19 @@ cffi_modules = []
 if os.path.exists(os.path.join(HERE, "native", "build_native.py")):
     cffi_modules.append("native/build_native.py:ffibuilder")
 
-setup(packages=packages, package_dir=package_dir, cffi_modules=cffi_modules)
+class BuildExt(build_ext):
+    """One clear line when the native extension cannot be compiled (usually: no C compiler)."""
+
+    def run(self):
+        try:
+            super().run()
+        except Exception as e:  # CompileError / DistutilsExecError / CCompilerError, depending on setuptools
+            if "Compile" not in type(e).__name__ and "Exec" not in type(e).__name__ \
+                    and "CCompiler" not in type(e).__name__ and "PlatformError" not in type(e).__name__:
+                raise
+            raise SystemExit(
+                "gatewayd: cannot build the native extension (native/*.c): a C compiler and the Python headers "
+                f"are needed (Debian: apt-get install gcc python3-dev). Compiler said: {e}") from None
+
+
+setup(packages=packages, package_dir=package_dir, cffi_modules=cffi_modules, cmdclass={"build_ext": BuildExt})

@@ -8,7 +8,7 @@ PY="$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")"   # absolute, but keep th
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 echo "building the sanitized extension in $tmp"
-(cd native && GATEWAYD_NATIVE_CFLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined -O1 -g" \
+(cd native && GATEWAYD_NATIVE_ABSPATHS=1 GATEWAYD_NATIVE_CFLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined -O1 -g" \
     "$PY" - "$tmp" <<'PY'
 import os, sys
 sys.path.insert(0, ".")
