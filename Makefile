@@ -49,3 +49,7 @@ clean:
 
 distclean: clean
 	rm -rf $(VENV)
+
+## make arm64-check: build the native extension for aarch64 in a Debian arm64 root (qemu) and run tests/native there.
+arm64-check:
+	bash packaging/arm64/check.sh

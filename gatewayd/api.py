@@ -323,6 +323,11 @@ def build_registry(gw: "Gateway"):
     reg.add("discovery.accept", discovery_accept, role=Role.ADMIN, mutating=True)
     reg.add("discovery.ignore", discovery_ignore, role=Role.OPERATOR, mutating=True)
 
+    # ---------------------------------------------------------------- backups
+    from .backup import register_backup_methods
+
+    register_backup_methods(reg, gw)
+
     # ---------------------------------------------------------------- plugins
     for name, mod in gw.registry.loaded.items():
         impl = getattr(mod, "gatewayd_rpc_methods", None)

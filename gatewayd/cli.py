@@ -162,6 +162,7 @@ TABLES = {
                           "last_error"],
     "audit.list": ["ts", "actor", "action", "target", "ok", "detail"],
     "discovery.list": ["driver", "key", "status", "summary", "last_seen"],
+    "backup.list": ["created", "path", "bytes", "gatewayd"],
 }
 
 
@@ -305,6 +306,16 @@ def _build_ctl_parser() -> argparse.ArgumentParser:
     p.add_argument("driver")
     p.add_argument("key")
 
+    g = sub.add_parser("backup", help="back up / list / restore the stores").add_subparsers(dest="action",
+                                                                                          required=True)
+    p = g.add_parser("run", help="back up now (while running; consistent)")
+    p.add_argument("--dir")
+    p = g.add_parser("list")
+    p.add_argument("--dir")
+    p = g.add_parser("restore", help="restore a backup directory (offline: stop gatewayd first)")
+    p.add_argument("path")
+    p.add_argument("-c", "--config", default=os.environ.get("GATEWAYD_CONFIG", "/etc/gatewayd/gatewayd.toml"))
+
     p = sub.add_parser("call", help="call any method: call METHOD [JSON-params | key=value ...]")
     p.add_argument("method")
     p.add_argument("params", nargs=argparse.REMAINDER)
@@ -358,6 +369,8 @@ def _request(args, extra: list[str]) -> tuple[str, Any]:
         if a == "accept":
             return "discovery.accept", drop({"driver": args.driver, "key": args.key, "device_id": args.device_id})
         return "discovery.ignore", {"driver": args.driver, "key": args.key}
+    if g == "backup":
+        return ("backup.run" if a == "run" else "backup.list"), drop({"dir": args.dir})
     if g == "call":
         ps = args.params
         if len(ps) == 1 and ps[0][:1] in "[{":
@@ -371,7 +384,7 @@ def gatewayctl_main(argv: list[str] | None = None) -> int:
     ap = _build_ctl_parser()
     # generic plugin methods: gatewayctl <ns> <method-name> [--key value ...]
     known = {"status", "version", "methods", "drivers", "devices", "connectors", "points", "history", "audit",
-             "config", "discovery", "call"}
+             "config", "discovery", "backup", "call"}
     pos = [i for i, a in enumerate(argv) if not a.startswith("-")]
     generic = None
     if pos:
@@ -393,9 +406,33 @@ def gatewayctl_main(argv: list[str] | None = None) -> int:
     elif args.group is None:
         ap.print_help()
         return 2
+    elif args.group == "backup" and args.action == "restore":
+        return _restore(args)
     else:
         method, params = _request(args, [])
     return _call(args.socket or default_socket(), method, params, as_json=args.json, timeout=args.timeout)
+
+
+def _restore(args) -> int:
+    """Offline restore: reads state_dir and the socket path from the configuration file."""
+    from .backup import BackupError, restore_backup
+    from .config import ConfigError, load_config
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as e:
+        print(f"gatewayctl: cannot read {args.config}:\n{e}", file=sys.stderr)
+        return 2
+    try:
+        res = restore_backup(os.path.abspath(args.path), cfg.gateway.state_dir,
+                             socket_path=args.socket or cfg.control.socket)
+    except BackupError as e:
+        print(f"gatewayctl: restore refused: {e}", file=sys.stderr)
+        return 1
+    print(f"restored {', '.join(res['restored'])} into {cfg.gateway.state_dir}")
+    if res["previous_files"]:
+        print(f"previous files kept in {res['previous_files']}")
+    return 0
 
 
 def _call(sock: str, method: str, params: Any, *, as_json: bool, timeout: float) -> int:

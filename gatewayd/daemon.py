@@ -421,6 +421,9 @@ class Gateway:
                 from .systemd import run_watchdog
 
                 core.start_soon(run_watchdog, self.notifier)
+                from .backup import backup_loop
+
+                core.start_soon(backup_loop, self)
                 async with trio.open_nursery() as conn_n:
                     self._conn_nursery = conn_n
                     async with trio.open_nursery() as drv_n:
