@@ -53,3 +53,7 @@ distclean: clean
 ## make arm64-check: build the native extension for aarch64 in a Debian arm64 root (qemu) and run tests/native there.
 arm64-check:
 	bash packaging/arm64/check.sh
+
+## make deb: build dist/gatewayd_<version>-1_<arch>.deb (self-contained library tree + wrappers + unit)
+deb: install
+	bash packaging/debian/build-deb.sh dist

@@ -23,12 +23,17 @@ if [ -n "$need" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt
 update-binfmts --enable qemu-aarch64 >/dev/null 2>&1 || true
 update-binfmts --enable qemu-arm >/dev/null 2>&1 || true
 
-if [ ! -x "$ROOT/usr/bin/python3" ]; then
-    echo "== debootstrap $ARCH root in $ROOT (first run only)"
+if [ ! -e "$ROOT/.gatewayd-ready" ]; then
+    echo "== debootstrap $ARCH root in $ROOT (first run only; log in $ROOT/debootstrap.log)"
     rm -rf "$ROOT"
-    debootstrap --arch="$ARCH" --variant=minbase \
-        --include=python3,python3-dev,python3-cffi,python3-pytest,python3-hypothesis,python3-crcmod,gcc,libc6-dev \
-        bookworm "$ROOT" "$MIRROR" >/dev/null
+    mkdir -p "$ROOT"
+    debootstrap --arch="$ARCH" --variant=minbase bookworm "$ROOT" "$MIRROR" > "$ROOT.debootstrap.log" 2>&1 \
+        || { tail -20 "$ROOT.debootstrap.log"; exit 1; }
+    echo "== toolchain and test packages inside the root (apt resolves what debootstrap --include cannot)"
+    chroot "$ROOT" /bin/sh -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+        --no-install-recommends python3-dev python3-cffi python3-pytest python3-hypothesis python3-crcmod \
+        gcc libc6-dev >/dev/null' || exit 1
+    touch "$ROOT/.gatewayd-ready"
 fi
 t_root=$(date +%s)
 

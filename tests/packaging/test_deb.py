@@ -1,0 +1,111 @@
+"""The Debian package and the systemd unit: build, contents, scripts, install into a throwaway root."""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+UNIT = os.path.join(ROOT, "packaging", "systemd", "gatewayd.service")
+
+needs_dpkg = pytest.mark.skipif(not shutil.which("dpkg-deb"), reason="dpkg-deb not installed (Debian tooling)")
+
+
+@pytest.fixture(scope="module")
+def deb(tmp_path_factory):
+    if not shutil.which("dpkg-deb"):
+        pytest.skip("dpkg-deb not installed")
+    out = tmp_path_factory.mktemp("deb")
+    r = subprocess.run(["bash", os.path.join(ROOT, "packaging", "debian", "build-deb.sh"), str(out)],
+                       capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHON": sys.executable})
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r.stdout.strip().splitlines()[-1]
+
+
+@needs_dpkg
+def test_contents_control_and_conffiles(deb):
+    listing = subprocess.run(["dpkg-deb", "-c", deb], capture_output=True, text=True, check=True).stdout
+    paths = {line.split()[-1].lstrip(".") for line in listing.splitlines()}
+    for p in ("/usr/bin/gatewayd", "/usr/bin/gatewayctl", "/etc/gatewayd/gatewayd.toml",
+              "/usr/lib/systemd/system/gatewayd.service", "/usr/lib/sysusers.d/gatewayd.conf",
+              "/usr/lib/tmpfiles.d/gatewayd.conf", "/usr/share/doc/gatewayd/operations.md",
+              "/usr/lib/gatewayd/site/gatewayd/daemon.py", "/usr/lib/gatewayd/site/gatewayd_sim/__init__.py"):
+        assert p in paths, p
+    assert any(re.match(r"/usr/lib/gatewayd/site/gatewayd/native/_native.*\.so$", p) for p in paths)
+    assert "root/root" in listing.splitlines()[0]
+    ctl = subprocess.run(["dpkg-deb", "-f", deb], capture_output=True, text=True, check=True).stdout
+    assert "Package: gatewayd" in ctl and "Depends: python3 (>= 3.11), python3 (<< 3.12)" in ctl
+    info = subprocess.run(["dpkg-deb", "-I", deb, "conffiles"], capture_output=True, text=True, check=True).stdout
+    assert info.strip() == "/etc/gatewayd/gatewayd.toml"
+    for script in ("postinst", "prerm", "postrm"):
+        body = subprocess.run(["dpkg-deb", "-I", deb, script], capture_output=True, text=True, check=True).stdout
+        assert subprocess.run(["sh", "-n"], input=body, text=True).returncode == 0, script
+        assert "DPKG_ROOT" in body
+
+
+@needs_dpkg
+def test_install_check_config_remove_keeps_state_purge_removes(deb, tmp_path):
+    root = tmp_path / "root"
+    (root / "var/lib/dpkg/info").mkdir(parents=True)
+    (root / "var/lib/dpkg/updates").mkdir()
+    (root / "var/lib/dpkg/status").touch()
+    (root / "etc").mkdir()
+    dpkg = ["dpkg", f"--instdir={root}", f"--admindir={root}/var/lib/dpkg", "--force-script-chrootless",
+            "--force-depends", "--force-not-root"]
+    r = subprocess.run(dpkg + ["-i", deb], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    # the installed wrappers run the installed library tree
+    r = subprocess.run([str(root / "usr/bin/gatewayd"), "check-config", str(root / "etc/gatewayd/gatewayd.toml")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "0 driver(s), 0 device(s), 0 point(s), 0 connector(s)" in r.stdout
+    r = subprocess.run([str(root / "usr/bin/gatewayctl"), "--help"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "Control a running gatewayd" in r.stdout
+    passwd = (root / "etc/passwd").read_text()
+    assert re.search(r"^gatewayd:x:\d+:\d+:.*:/var/lib/gatewayd:/usr/sbin/nologin$", passwd, re.M)
+    assert re.search(r"^dialout:x:\d+:.*gatewayd", (root / "etc/group").read_text(), re.M)
+    assert (root / "etc/systemd/system/multi-user.target.wants/gatewayd.service").is_symlink()
+    # state survives remove, not purge
+    (root / "var/lib/gatewayd/state.db").write_bytes(b"x")
+    r = subprocess.run(dpkg + ["-r", "gatewayd"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert (root / "var/lib/gatewayd/state.db").exists() and (root / "etc/gatewayd/gatewayd.toml").exists()
+    assert not (root / "usr/bin/gatewayd").exists()
+    r = subprocess.run(dpkg + ["-P", "gatewayd"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert not (root / "var/lib/gatewayd").exists() and not (root / "etc/gatewayd").exists()
+
+
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze not installed")
+def test_unit_exposure_is_ok():
+    r = subprocess.run(["systemd-analyze", "security", "--offline=true", UNIT], capture_output=True, text=True,
+                       timeout=60)
+    m = re.search(r"Overall exposure level for gatewayd.service: ([\d.]+) (\w+)", r.stdout)
+    assert m, r.stdout + r.stderr
+    assert float(m.group(1)) <= 2.0 and m.group(2) == "OK"
+
+
+def test_unit_has_the_required_settings():
+    with open(UNIT) as fh:
+        text = fh.read()
+    for line in ("Type=notify", "WatchdogSec=", "Restart=on-failure", "StateDirectory=gatewayd",
+                 "RuntimeDirectory=gatewayd", "ConfigurationDirectory=gatewayd", "ExecReload=/bin/kill -HUP $MAINPID",
+                 "ProtectSystem=strict", "ProtectHome=yes", "PrivateTmp=yes", "NoNewPrivileges=yes",
+                 "MemoryDenyWriteExecute=yes", "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
+                 "DevicePolicy=closed", "SupplementaryGroups=dialout", "CapabilityBoundingSet=\n",
+                 "SystemCallFilter=@system-service", "SystemCallArchitectures=native", "UMask=0077", "User=gatewayd"):
+        assert line in text, line
+    assert not re.search(r"^ExecStartPre", text, re.M)
+    assert all(d.startswith("DeviceAllow=char-tty") for d in re.findall(r"^DeviceAllow=.*$", text, re.M))
+
+
+def test_packaged_default_config_is_valid_and_safe():
+    from gatewayd.config import load_config
+
+    cfg = load_config(os.path.join(ROOT, "packaging", "debian", "gatewayd.toml"))
+    assert cfg.drivers == {} and cfg.connectors == {}
+    assert cfg.control.socket == "/run/gatewayd/control.sock" and cfg.control.socket_mode == 0o660
+    assert cfg.gateway.state_dir == "/var/lib/gatewayd"
