@@ -126,3 +126,24 @@ async def test_no_outbox_writes_without_connectors(tmp_path):
     async with run_gateway(tmp_path, SITE) as gw:
         await wait_until(gw, lambda: gw.recorder.samples_written > 10)
         assert gw.recorder.entries_written == 0 and gw.outbox.head == 0
+
+
+async def test_interval_history_samples_every_interval_regardless_of_changes(tmp_path):
+    async with run_gateway(tmp_path, """
+        [history]
+        mode = "interval"
+        interval = "1s"
+        [drivers.c]
+        type = "counter"
+        plugin = "ext_plugins.counter"
+        interval = "10ms"
+        [drivers.c.devices.d1.points.n]
+        [drivers.c.devices.d1.points.cov]
+        history = "cov"
+        """) as gw:
+        await wait_until(gw, lambda: len(gw.history.query("d1/n")) >= 2, timeout=10)
+        n = gw.history.query("d1/n")
+        cov = gw.history.query("d1/cov")
+        # ~100 changes per second: the cov point records them all, the interval point one per second
+        assert len(cov) > 50 * len(n)
+        assert 0.8 < n[1]["ts"] - n[0]["ts"] < 1.5
