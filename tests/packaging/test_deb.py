@@ -67,6 +67,13 @@ def test_install_check_config_remove_keeps_state_purge_removes(deb, tmp_path):
     passwd = (root / "etc/passwd").read_text()
     assert re.search(r"^gatewayd:x:\d+:\d+:.*:/var/lib/gatewayd:/usr/sbin/nologin$", passwd, re.M)
     assert re.search(r"^dialout:x:\d+:.*gatewayd", (root / "etc/group").read_text(), re.M)
+    # /etc/gatewayd: root:gatewayd 2770 (service reads it and may rewrite the TOML: discovery accept)
+    gid = int(re.search(r"^gatewayd:x:(\d+):", (root / "etc/group").read_text(), re.M).group(1))
+    for d in ("etc/gatewayd", "etc/gatewayd/conf.d"):
+        st = os.stat(root / d)
+        assert (oct(st.st_mode & 0o7777), st.st_uid, st.st_gid) == (oct(0o2770), 0, gid), d
+    st = os.stat(root / "etc/gatewayd/gatewayd.toml")
+    assert (oct(st.st_mode & 0o7777), st.st_gid) == (oct(0o640), gid)
     assert (root / "etc/systemd/system/multi-user.target.wants/gatewayd.service").is_symlink()
     # state survives remove, not purge
     (root / "var/lib/gatewayd/state.db").write_bytes(b"x")

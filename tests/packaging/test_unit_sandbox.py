@@ -1,0 +1,163 @@
+"""The daemon under the unit's seccomp sandbox (SystemCallFilter=, MemoryDenyWriteExecute=,
+RestrictAddressFamilies=, RestrictNamespaces=, UMask=, NoNewPrivileges=), reproduced with
+libseccomp by ``unit_sandbox.py`` since systemd is not PID 1 here.
+
+A unit that passes ``systemd-analyze security`` can still stop the daemon from starting
+(a blocked chown on the control socket did exactly that): these tests start it for real.
+"""
+
+import grp
+import json
+import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+
+import pytest
+
+from gatewayd.rpc.client import RpcClient
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+UNIT = os.environ.get("GATEWAYD_TEST_UNIT") or os.path.join(ROOT, "packaging", "systemd", "gatewayd.service")
+SANDBOX = os.path.join(HERE, "unit_sandbox.py")
+
+
+def _seccomp_available():
+    import ctypes.util
+
+    if not shutil.which("systemd-analyze"):
+        return "systemd-analyze not installed (it lists the syscall groups)"
+    if not (ctypes.util.find_library("seccomp") or os.path.exists("/usr/lib/x86_64-linux-gnu/libseccomp.so.2")):
+        return "libseccomp not installed"
+    with open("/proc/self/status") as fh:
+        if "Seccomp:" not in fh.read():
+            return "kernel without seccomp"
+    return None
+
+
+pytestmark = pytest.mark.skipif(_seccomp_available() is not None, reason=str(_seccomp_available()))
+
+
+def sandboxed(cmd):
+    return [sys.executable, SANDBOX, UNIT, "--", *cmd]
+
+
+def tail(log, n=4000):
+    with open(log, errors="replace") as fh:
+        return fh.read()[-n:]
+
+
+class Notify:
+    def __init__(self, path):
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(path)
+        self.got = []
+
+    def wait(self, prefix, proc, log, timeout=30.0):
+        deadline = time.monotonic() + timeout
+        while True:
+            for m in self.got:
+                if any(line.startswith(prefix) for line in m.splitlines()):
+                    self.got.remove(m)
+                    return m
+            left = deadline - time.monotonic()
+            if left <= 0 or proc.poll() is not None:
+                raise AssertionError(f"no {prefix!r} from the sandboxed daemon (exit {proc.poll()}):\n"
+                                     + tail(log))
+            self.sock.settimeout(min(left, 0.5))
+            try:
+                self.got.append(self.sock.recv(65536).decode())
+            except socket.timeout:
+                pass
+
+
+def test_daemon_starts_serves_reloads_and_stops_under_the_unit_filter(tmp_path):
+    group = grp.getgrgid(os.getgid()).gr_name
+    (tmp_path / "gw.toml").write_text(f"""
+[gateway]
+id = "sandboxed"
+state_dir = "{tmp_path}/state"
+shutdown_grace = "2s"
+[control]
+socket = "{tmp_path}/run/control.sock"
+socket_mode = "0660"
+socket_group = "{group}"
+[history]
+flush_interval = "50ms"
+[drivers.sim]
+type = "sim"
+[drivers.sim.devices.meter-1]
+model = "meter"
+""")
+    (tmp_path / "run").mkdir()
+    notify = Notify(str(tmp_path / "notify.sock"))
+    log = str(tmp_path / "daemon.log")
+    env = {**os.environ, "NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "400000", "PYTHONUNBUFFERED": "1"}
+    env.pop("WATCHDOG_PID", None)
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(sandboxed([sys.executable, "-m", "gatewayd", "run", "-c", str(tmp_path / "gw.toml")]),
+                                env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        notify.wait("READY=1", proc, log)
+        with open(f"/proc/{proc.pid}/status") as fh:
+            status = fh.read()
+        assert "Seccomp:\t2" in status and "NoNewPrivs:\t1" in status  # really filtered
+        sock = tmp_path / "run" / "control.sock"
+        st = os.stat(sock)
+        assert stat.S_IMODE(st.st_mode) == 0o660 and st.st_gid == os.getgid()  # chmod/chown despite UMask=0077
+        with RpcClient(str(sock)) as c:
+            assert c.call("gateway.status")
+            assert c.call("points.list", {"device": "meter-1"})
+            b = c.call("backup.run")  # the APSW online backup on the writer threads, under the filter
+            assert set(b["files"]) == {"state", "history", "outbox"}
+            assert stat.S_IMODE(os.stat(os.path.join(b["path"], "history.db")).st_mode) == 0o600  # UMask=0077
+        notify.wait("WATCHDOG=1", proc, log)  # pings from the event loop at half WATCHDOG_USEC
+        proc.send_signal(signal.SIGHUP)
+        notify.wait("RELOADING=1", proc, log)
+        notify.wait("READY=1", proc, log)
+        proc.send_signal(signal.SIGTERM)
+        notify.wait("STOPPING=1", proc, log)
+        assert proc.wait(20) == 0, tail(log)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        notify.sock.close()
+    text = tail(log, 1 << 20)
+    assert "Operation not permitted" not in text and "Traceback" not in text, text[-4000:]
+
+
+def test_plugins_and_their_libraries_import_under_memory_deny_write_execute():
+    """cffi/ctypes callbacks need W+X memory and die under MemoryDenyWriteExecute=yes: import
+    every first-party plugin and every optional dependency that is installed, and use the
+    native module, inside the filter."""
+    code = """
+import importlib, importlib.metadata, json
+mods = [ep.value for ep in importlib.metadata.entry_points(group="gatewayd.plugins")]
+mods += ["pymodbus.client", "serial", "paho.mqtt.client", "bacpypes3", "asyncua", "cryptography.x509", "apsw",
+         "trio", "gatewayd.daemon", "gatewayd.native"]
+res = {}
+for m in mods:
+    try:
+        importlib.import_module(m)
+        res[m] = "ok"
+    except ModuleNotFoundError as e:
+        res[m] = "missing: " + str(e.name)
+    except Exception as e:
+        res[m] = "FAILED: %s: %s" % (type(e).__name__, e)
+from gatewayd.native import crc
+res["crc"] = hex(crc.crc16_modbus(b"123456789")) if hasattr(crc, "crc16_modbus") else "n/a"
+print(json.dumps(res))
+"""
+    r = subprocess.run(sandboxed([sys.executable, "-c", code]), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    failed = {k: v for k, v in res.items() if v.startswith("FAILED")}
+    assert not failed, failed
+    assert res["gatewayd.daemon"] == "ok" and res["gatewayd.native"] == "ok"
