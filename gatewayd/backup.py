@@ -135,6 +135,7 @@ def list_backups(root: str) -> list[dict]:
 
 
 def _daemon_running(socket_path: str | None) -> bool:
+    """True if something answers on the control socket; refuses when it cannot tell (no access)."""
     if not socket_path or not os.path.exists(socket_path):
         return False
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -142,10 +143,21 @@ def _daemon_running(socket_path: str | None) -> bool:
     try:
         s.connect(socket_path)
         return True
-    except OSError:
-        return False
+    except (ConnectionRefusedError, FileNotFoundError):
+        return False  # a stale socket file: nobody listens
+    except OSError as e:
+        raise BackupError(f"cannot tell whether gatewayd is running ({socket_path}: {e.strerror}): "
+                          "run the restore as root, or as a member of the socket's group") from None
     finally:
         s.close()
+
+
+def _same_owner_as(path: str, ref: str) -> None:
+    """Run as root (the usual case), give restored files the owner of the state directory:
+    systemd's StateDirectory= does not re-own files below a directory already owned right."""
+    st = os.stat(ref)
+    if os.geteuid() == 0 and (st.st_uid, st.st_gid) != (0, 0):
+        os.chown(path, st.st_uid, st.st_gid)
 
 
 def restore_backup(backup_path: str, state_dir: str, *, socket_path: str | None = None) -> dict:
@@ -182,6 +194,10 @@ def restore_backup(backup_path: str, state_dir: str, *, socket_path: str | None 
     os.makedirs(state_dir, exist_ok=True)
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     aside = os.path.join(state_dir, f"pre-restore-{stamp}")
+    n = 1
+    while os.path.exists(aside):  # two restores in one second must not overwrite the first one's files
+        aside = os.path.join(state_dir, f"pre-restore-{stamp}-{n}")
+        n += 1
     moved = []
     for name in files:
         for suffix in ("", "-wal", "-shm"):
@@ -194,6 +210,9 @@ def restore_backup(backup_path: str, state_dir: str, *, socket_path: str | None 
     for name, f in files.items():
         dst = os.path.join(state_dir, f"{name}.db")
         shutil.copy2(os.path.join(backup_path, f["file"]), dst + ".restoring")
+        with open(dst + ".restoring", "rb") as fh:
+            os.fsync(fh.fileno())
+        _same_owner_as(dst + ".restoring", state_dir)
         os.replace(dst + ".restoring", dst)
         restored.append(f"{name}.db")
     return {"restored": restored, "previous_files": aside if moved else None, "moved": moved,

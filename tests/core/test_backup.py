@@ -111,3 +111,76 @@ def test_gatewayctl_backup_restore_cli(tmp_path):
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert "restored state.db into" in r.stdout and "previous files kept in" in r.stdout
+
+
+def test_restore_twice_keeps_both_previous_sets_and_gives_files_the_state_dirs_owner(tmp_path):
+    b = make_backup(tmp_path)
+    st = tmp_path / "st"
+    st.mkdir()
+    (st / "state.db").write_bytes(b"original")
+    if os.geteuid() == 0:
+        os.chown(st, 65534, 65534)  # like /var/lib/gatewayd, owned by the service user
+    first = restore_backup(str(b), str(st))
+    second = restore_backup(str(b), str(st))  # same second: must not overwrite the first set aside
+    assert first["previous_files"] != second["previous_files"]
+    assert (tmp_path / "st" / os.path.basename(first["previous_files"]) / "state.db").read_bytes() == b"original"
+    if os.geteuid() == 0:
+        assert os.stat(st / "state.db").st_uid == 65534  # the service can open what root restored
+
+
+def test_restore_refuses_when_it_cannot_tell_whether_the_daemon_runs(tmp_path, monkeypatch):
+    import socket as socket_mod
+
+    b = make_backup(tmp_path)
+    sock = tmp_path / "control.sock"
+    sock.write_bytes(b"")
+
+    def denied(self, addr):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(socket_mod.socket, "connect", denied)
+    with pytest.raises(BackupError, match="cannot tell whether gatewayd is running"):
+        restore_backup(str(b), str(tmp_path / "st"), socket_path=str(sock))
+    assert not (tmp_path / "st").exists()
+
+
+async def test_scheduled_backups_every_interval_keep_retention(tmp_path, autojump_clock, monkeypatch):
+    """backup_loop on a mock clock: one backup per interval, the oldest beyond retention removed."""
+    import types
+
+    import trio
+
+    from gatewayd.backup import backup_loop
+
+    class Store:
+        schema_version = 1
+
+        def __init__(self, name):
+            self.name = name
+
+        async def backup_to(self, path):
+            c = apsw.Connection(str(path))
+            c.execute("create table t(a)")
+            c.close()
+
+    cfg = types.SimpleNamespace(
+        gateway=types.SimpleNamespace(id="gw", state_dir=str(tmp_path)),
+        backup=types.SimpleNamespace(dir=str(tmp_path / "bk"), interval=3600.0, retention=3),
+        outbox=types.SimpleNamespace(memory=False))
+    gw = types.SimpleNamespace(config=cfg, state=Store("state"), history=Store("history"), outbox=Store("outbox"))
+    made = []
+    import gatewayd.backup as mod
+
+    real = mod.run_backup
+
+    async def counting(g, dest_dir=None):
+        m = await real(g, dest_dir)
+        made.append(m["path"])
+        return m
+
+    monkeypatch.setattr(mod, "run_backup", counting)
+    autojump_clock.autojump_threshold = 0.2  # real seconds idle before a jump: lets to_thread work finish
+    with trio.move_on_after(5 * 3600 + 60):
+        await backup_loop(gw)
+    assert len(made) == 5
+    assert [b["path"] for b in list_backups(str(tmp_path / "bk"))] == made[::-1][:3]
