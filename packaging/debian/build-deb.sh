@@ -41,6 +41,12 @@ WRAP
     chmod 755 "$STAGE/usr/bin/$cmd"
 done
 install -D -m 644 "$SRC/packaging/systemd/gatewayd.service" "$STAGE/usr/lib/systemd/system/gatewayd.service"
+# Type=notify-reload needs systemd >= 253 (the target's: build in the target root, or set GATEWAYD_SYSTEMD_VERSION)
+SYSTEMD_VERSION=${GATEWAYD_SYSTEMD_VERSION:-$(systemctl --version 2>/dev/null | awk 'NR == 1 { print $2 }')}
+if [ "${SYSTEMD_VERSION:-0}" -ge 253 ] 2>/dev/null; then
+    install -D -m 644 "$SRC/packaging/systemd/gatewayd.service.d/notify-reload.conf" \
+        "$STAGE/usr/lib/systemd/system/gatewayd.service.d/notify-reload.conf"
+fi
 install -D -m 644 "$SRC/packaging/systemd/gatewayd.sysusers" "$STAGE/usr/lib/sysusers.d/gatewayd.conf"
 install -D -m 644 "$SRC/packaging/systemd/gatewayd.tmpfiles" "$STAGE/usr/lib/tmpfiles.d/gatewayd.conf"
 install -D -m 640 "$SRC/packaging/debian/gatewayd.toml" "$STAGE/etc/gatewayd/gatewayd.toml"

@@ -99,7 +99,7 @@ def test_unit_has_the_required_settings():
     with open(UNIT) as fh:
         text = fh.read()
     for line in ("Type=notify", "WatchdogSec=", "Restart=on-failure", "StateDirectory=gatewayd",
-                 "RuntimeDirectory=gatewayd", "ConfigurationDirectory=gatewayd", "ExecReload=/bin/kill -HUP $MAINPID",
+                 "RuntimeDirectory=gatewayd", "ConfigurationDirectory=gatewayd", "ExecReload=/usr/bin/gatewayctl --timeout 60 config reload",
                  "ProtectSystem=strict", "ProtectHome=yes", "PrivateTmp=yes", "NoNewPrivileges=yes",
                  "MemoryDenyWriteExecute=yes", "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
                  "DevicePolicy=closed", "SupplementaryGroups=dialout", "CapabilityBoundingSet=\n",

@@ -20,6 +20,7 @@ import time
 import pytest
 
 from gatewayd.rpc.client import RpcClient
+from unit_sandbox import unit_settings
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -121,6 +122,18 @@ model = "meter"
         proc.send_signal(signal.SIGHUP)
         notify.wait("RELOADING=1", proc, log)
         notify.wait("READY=1", proc, log)
+        # the unit's ExecReload= (gatewayctl over the socket, as the service user, in the sandbox)
+        reload_cmd = unit_settings(UNIT)["ExecReload"][-1].split()
+        assert reload_cmd[0] == "/usr/bin/gatewayctl"
+        reload_cmd = sandboxed([sys.executable, "-m", "gatewayd.cli", *reload_cmd[1:]])
+        env_ctl = {**os.environ, "GATEWAYD_SOCKET": str(sock)}
+        r = subprocess.run(reload_cmd, env=env_ctl, capture_output=True, text=True, timeout=90)
+        assert r.returncode == 0, r.stdout + r.stderr
+        cfg = tmp_path / "gw.toml"
+        cfg.write_text(cfg.read_text() + "bogus = 1\n")  # a bad file: `systemctl reload` must fail, loudly
+        r = subprocess.run(reload_cmd, env=env_ctl, capture_output=True, text=True, timeout=90)
+        assert r.returncode != 0 and "unknown key 'bogus'" in r.stdout + r.stderr, r.stdout + r.stderr
+        assert proc.poll() is None  # ... and change nothing
         proc.send_signal(signal.SIGTERM)
         notify.wait("STOPPING=1", proc, log)
         assert proc.wait(20) == 0, tail(log)
@@ -161,3 +174,11 @@ print(json.dumps(res))
     failed = {k: v for k, v in res.items() if v.startswith("FAILED")}
     assert not failed, failed
     assert res["gatewayd.daemon"] == "ok" and res["gatewayd.native"] == "ok"
+
+
+def test_notify_reload_drop_in_is_only_for_newer_systemd():
+    dropin = os.path.join(ROOT, "packaging", "systemd", "gatewayd.service.d", "notify-reload.conf")
+    s = unit_settings(dropin)
+    assert s["Type"] == ["notify-reload"] and s["ExecReload"] == [""]  # systemd signals, no second SIGHUP
+    with open(os.path.join(ROOT, "packaging", "debian", "build-deb.sh")) as fh:
+        assert '"${SYSTEMD_VERSION:-0}" -ge 253' in fh.read()
