@@ -44,7 +44,7 @@ install -D -m 644 "$SRC/packaging/systemd/gatewayd.service" "$STAGE/usr/lib/syst
 # Type=notify-reload needs systemd >= 253 (the target's: build in the target root, or set GATEWAYD_SYSTEMD_VERSION)
 SYSTEMD_VERSION=${GATEWAYD_SYSTEMD_VERSION:-$(systemctl --version 2>/dev/null | awk 'NR == 1 { print $2 }')}
 if [ "${SYSTEMD_VERSION:-0}" -ge 253 ] 2>/dev/null; then
-    install -D -m 644 "$SRC/packaging/systemd/gatewayd.service.d/notify-reload.conf" \
+    install -D -m 644 "$SRC/packaging/systemd/notify-reload.conf" \
         "$STAGE/usr/lib/systemd/system/gatewayd.service.d/notify-reload.conf"
 fi
 install -D -m 644 "$SRC/packaging/systemd/gatewayd.sysusers" "$STAGE/usr/lib/sysusers.d/gatewayd.conf"
