@@ -81,9 +81,11 @@ def test_install_check_config_remove_keeps_state_purge_removes(deb, tmp_path):
     assert r.returncode == 0, r.stderr
     assert (root / "var/lib/gatewayd/state.db").exists() and (root / "etc/gatewayd/gatewayd.toml").exists()
     assert not (root / "usr/bin/gatewayd").exists()
+    (root / "var/cache/gatewayd/pycache").mkdir(parents=True)  # CacheDirectory= (bytecode)
     r = subprocess.run(dpkg + ["-P", "gatewayd"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert not (root / "var/lib/gatewayd").exists() and not (root / "etc/gatewayd").exists()
+    assert not (root / "var/cache/gatewayd").exists()
 
 
 @pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze not installed")
