@@ -1,99 +1,212 @@
-"""The one module that touches pymodbus: request PDUs and MBAP (TCP) framing.
+"""The one module that touches pymodbus: request PDUs, response parsing, MBAP framing.
 
 pymodbus changes APIs inside 3.x (pinned to 3.16 in pyproject.toml); keeping it behind
-this module means an upgrade touches one file. Read responses are not decoded into
-Python lists here: the raw register bytes go straight to the native block decoder.
+this module means an upgrade touches one file. Requests are built by pymodbus's request
+classes and handed to the transports as plain PDU bytes (function code + data): the TCP
+transport wraps them with pymodbus's MBAP framer, the RTU transports with the native
+``rtu.frame`` (CRC in C). Read responses are not decoded into Python lists here: the
+raw register bytes go straight to the native block decoder.
 """
 
 from __future__ import annotations
 
+import logging
+import struct
 from typing import NamedTuple
 
 from pymodbus.framer import FramerSocket
-from pymodbus.pdu import DecodePDU, ExceptionResponse, ModbusPDU
+from pymodbus.pdu import DecodePDU
 from pymodbus.pdu.bit_message import (ReadCoilsRequest, ReadDiscreteInputsRequest, WriteMultipleCoilsRequest,
                                       WriteSingleCoilRequest)
+from pymodbus.pdu.diag_message import DiagnosticBase
+from pymodbus.pdu.file_message import ReadFifoQueueRequest
+from pymodbus.pdu.mei_message import ReadDeviceInformationRequest
 from pymodbus.pdu.register_message import (MaskWriteRegisterRequest, ReadHoldingRegistersRequest,
-                                           ReadInputRegistersRequest, WriteMultipleRegistersRequest,
-                                           WriteSingleRegisterRequest)
+                                           ReadInputRegistersRequest, ReadWriteMultipleRegistersRequest,
+                                           WriteMultipleRegistersRequest, WriteSingleRegisterRequest)
 
-__all__ = ["Response", "ModbusException", "ProtocolError", "TcpFraming", "read_request", "write_request",
-           "mask_write_request", "EXCEPTION_TEXT"]
+logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # its framer logs every partial frame
 
-READ_CLASSES = {0: ReadCoilsRequest, 1: ReadDiscreteInputsRequest, 2: ReadHoldingRegistersRequest,
-                3: ReadInputRegistersRequest}
+__all__ = ["Request", "ModbusException", "InvalidResponse", "Mbap", "read", "write", "mask_write",
+           "read_write", "read_fifo", "diagnostic", "device_identification", "read_payload",
+           "parse_fifo", "parse_diagnostic", "parse_device_identification", "check_echo", "EXCEPTION_TEXT",
+           "DEVICE_ID_OBJECTS"]
 
 EXCEPTION_TEXT = {1: "illegal function", 2: "illegal data address", 3: "illegal data value",
                   4: "server device failure", 5: "acknowledge", 6: "server device busy",
-                  8: "memory parity error", 10: "gateway path unavailable", 11: "gateway target failed to respond"}
+                  8: "memory parity error", 10: "gateway path unavailable",
+                  11: "gateway target device failed to respond"}
+
+DEVICE_ID_OBJECTS = {0: "vendor", 1: "product_code", 2: "revision", 3: "vendor_url", 4: "product_name",
+                     5: "model", 6: "application"}
+
+_READ = {0: ReadCoilsRequest, 1: ReadDiscreteInputsRequest, 2: ReadHoldingRegistersRequest,
+         3: ReadInputRegistersRequest}
 
 
 class ModbusException(Exception):
-    """The device answered with a Modbus exception."""
+    """The device answered with a Modbus exception (a clean answer: the link stays usable)."""
+
+    kind = "exception"
 
     def __init__(self, function: int, code: int) -> None:
-        super().__init__(f"exception {code} ({EXCEPTION_TEXT.get(code, 'unknown')}) to function {function}")
+        super().__init__(f"exception {code:02d} ({EXCEPTION_TEXT.get(code, 'unknown')}) to function {function}")
         self.function = function
         self.code = code
 
 
-class ProtocolError(Exception):
-    """An answer that is not the answer to our request (invalid response)."""
+class InvalidResponse(Exception):
+    """An answer that is not a valid answer to our request."""
+
+    kind = "invalid"
 
 
-class Response(NamedTuple):
+class Request(NamedTuple):
+    """A request PDU plus what its response looks like (for RTU end-of-frame detection)."""
+
+    pdu: bytes                    # function code + data
     function: int
-    data: bytes          # PDU after the function code
+    byte_count: int | None = None  # reads: data bytes expected (None: take it from the frame)
+    fixed_length: int | None = None  # whole RTU response length when fixed (writes, FC8, FC22)
+    count: int = 0                # registers/bits requested (reads)
 
 
-def read_request(table: int, unit: int, address: int, count: int, tid: int = 0) -> ModbusPDU:
-    return READ_CLASSES[table](dev_id=unit, transaction_id=tid, address=address, count=count)
+def _pdu(req) -> bytes:
+    return bytes((req.function_code,)) + req.encode()
 
 
-def write_request(table: int, unit: int, address: int, values: list, tid: int = 0) -> ModbusPDU:
-    """FC5/FC15 for coils, FC6/FC16 for registers, chosen by the number of values."""
+def read(table: int, address: int, count: int) -> Request:
+    """FC1/2/3/4."""
+    req = _READ[table](address=address, count=count)
+    fc = req.function_code
+    return Request(_pdu(req), fc, None, None, count)
+
+
+def write(table: int, address: int, values: list, *, multiple: bool = False) -> Request:
+    """FC5/FC15 for coils, FC6/FC16 for registers: single-value functions unless ``multiple``."""
     if table == 0:
-        if len(values) == 1:
-            return WriteSingleCoilRequest(dev_id=unit, transaction_id=tid, address=address, bits=[bool(values[0])])
-        return WriteMultipleCoilsRequest(dev_id=unit, transaction_id=tid, address=address,
-                                         bits=[bool(v) for v in values])
-    if table == 2:
-        if len(values) == 1:
-            return WriteSingleRegisterRequest(dev_id=unit, transaction_id=tid, address=address, registers=values)
-        return WriteMultipleRegistersRequest(dev_id=unit, transaction_id=tid, address=address, registers=values)
-    raise ValueError("only coils and holding registers are writable")
+        if len(values) == 1 and not multiple:
+            req = WriteSingleCoilRequest(address=address, bits=[bool(values[0])])
+        else:
+            req = WriteMultipleCoilsRequest(address=address, bits=[bool(v) for v in values])
+    elif table == 2:
+        if len(values) == 1 and not multiple:
+            req = WriteSingleRegisterRequest(address=address, registers=list(values))
+        else:
+            req = WriteMultipleRegistersRequest(address=address, registers=list(values))
+    else:
+        raise ValueError("only coils and holding registers are writable")
+    return Request(_pdu(req), req.function_code, None, 8)
 
 
-def mask_write_request(unit: int, address: int, and_mask: int, or_mask: int, tid: int = 0) -> ModbusPDU:
-    return MaskWriteRegisterRequest(dev_id=unit, transaction_id=tid, address=address, and_mask=and_mask,
-                                    or_mask=or_mask)
+def mask_write(address: int, and_mask: int, or_mask: int) -> Request:
+    """FC22: register = (register AND and_mask) OR (or_mask AND NOT and_mask)."""
+    req = MaskWriteRegisterRequest(address=address, and_mask=and_mask, or_mask=or_mask)
+    return Request(_pdu(req), 22, None, 10)
 
 
-class TcpFraming:
-    """MBAP framing with transaction ids; ``parse`` returns (used, Response|None)."""
+def read_write(read_address: int, read_count: int, write_address: int, values: list) -> Request:
+    """FC23: write, then read, in one transaction."""
+    req = ReadWriteMultipleRegistersRequest(read_address=read_address, read_count=read_count,
+                                            write_address=write_address, write_registers=list(values))
+    return Request(_pdu(req), 23, None, None, read_count)
+
+
+def read_fifo(address: int) -> Request:
+    """FC24: the queue behind a FIFO pointer register."""
+    req = ReadFifoQueueRequest(address=address)
+    return Request(_pdu(req), 24)
+
+
+def diagnostic(sub_function: int, data: int | bytes = 0) -> Request:
+    """FC8 with a sub-function (0 echo, 1 restart, 10 clear counters, 11..18 counters)."""
+    req = DiagnosticBase(message=data)
+    req.sub_function_code = sub_function
+    pdu = _pdu(req)
+    return Request(pdu, 8, None, len(pdu) + 3)  # the answer has the size of the request
+
+
+def device_identification(read_code: int = 1, object_id: int = 0) -> Request:
+    """FC43/14 Read Device Identification (1 basic, 2 regular, 3 extended, 4 one object)."""
+    req = ReadDeviceInformationRequest(read_code=read_code, object_id=object_id)
+    return Request(_pdu(req), 43)
+
+
+# --------------------------------------------------------------------------- responses
+_decoder = DecodePDU(False)
+
+
+def read_payload(req: Request, pdu: bytes) -> bytes:
+    """The register/bit bytes of a read (or FC23) response. A *short* answer (fewer
+    bytes than requested, but self-consistent) is returned as is; the decoder marks
+    the points it does not hold."""
+    if len(pdu) < 2 or pdu[0] != req.function:
+        raise InvalidResponse(f"answer with function {pdu[0] if pdu else None} to a function {req.function} request")
+    bc = pdu[1]
+    if len(pdu) - 2 != bc:
+        raise InvalidResponse(f"byte count {bc} but {len(pdu) - 2} data bytes")
+    return pdu[2:]
+
+
+def check_echo(req: Request, pdu: bytes) -> None:
+    """Write responses echo the request (FC5/6/15/16 address+value/quantity, FC22 whole PDU)."""
+    n = 5 if req.function in (5, 6, 15, 16) else len(req.pdu)
+    if pdu[:n] != req.pdu[:n]:
+        raise InvalidResponse(f"write response {pdu.hex()} does not echo the request {req.pdu[:n].hex()}")
+
+
+def _decode(pdu: bytes):
+    try:
+        msg = _decoder.decode(pdu)
+    except Exception as e:  # pymodbus raises its own exception types from deep inside
+        raise InvalidResponse(f"undecodable response {pdu.hex()}: {e}") from None
+    if msg is None:
+        raise InvalidResponse(f"undecodable response {pdu.hex()}")
+    return msg
+
+
+def parse_fifo(pdu: bytes) -> list[int]:
+    if len(pdu) < 5 or pdu[0] != 24:
+        raise InvalidResponse(f"not a FIFO response: {pdu.hex()}")
+    return list(_decode(pdu).values)
+
+
+def parse_diagnostic(req: Request, pdu: bytes) -> dict:
+    if len(pdu) < 3 or pdu[0] != 8 or pdu[1:3] != req.pdu[1:3]:
+        raise InvalidResponse(f"not the answer to diagnostic {req.pdu[1:3].hex()}: {pdu.hex()}")
+    data = pdu[3:]
+    out = {"sub_function": struct.unpack(">H", pdu[1:3])[0], "data": data.hex()}
+    if len(data) == 2:
+        out["value"] = struct.unpack(">H", data)[0]
+    return out
+
+
+def parse_device_identification(pdu: bytes) -> dict:
+    """{"objects": {id: text}, "more_follows": bool, "next_object_id": int, "conformity": int}."""
+    if len(pdu) < 7 or pdu[0] != 43 or pdu[1] != 14:
+        raise InvalidResponse(f"not a device identification response: {pdu.hex()}")
+    msg = _decode(pdu)
+    objects = {}
+    for oid, raw in msg.information.items():
+        vals = raw if isinstance(raw, list) else [raw]
+        objects[int(oid)] = " ".join(v.decode("utf-8", "replace") for v in vals)
+    return {"objects": objects, "more_follows": bool(msg.more_follows), "next_object_id": msg.next_object_id,
+            "conformity": msg.conformity}
+
+
+class Mbap:
+    """MBAP (Modbus TCP) framing through pymodbus's socket framer."""
 
     def __init__(self) -> None:
-        self.framer = FramerSocket(DecodePDU(False))
+        self.framer = FramerSocket(_decoder)
         self.tid = 0
 
-    def next_tid(self) -> int:
+    def build(self, unit: int, pdu: bytes) -> tuple[int, bytes]:
         self.tid = self.tid % 0xFFFF + 1
-        return self.tid
+        return self.tid, self.framer.encode(pdu, unit, self.tid)
 
-    def build(self, pdu: ModbusPDU) -> bytes:
-        return self.framer.buildFrame(pdu)
-
-    def parse(self, data: bytes, unit: int, tid: int) -> tuple[int, Response | None]:
-        used, dev_id, got_tid, frame = self.framer.decode(data)
-        if not used or not frame:
-            return used, None
-        if got_tid != tid or (unit and dev_id != unit):
-            raise ProtocolError(f"answer for transaction {got_tid} unit {dev_id}, expected {tid} unit {unit}")
-        fn = frame[0]
-        if fn & 0x80:
-            raise ModbusException(fn & 0x7F, frame[1] if len(frame) > 1 else 0)
-        return used, Response(fn, bytes(frame[1:]))
-
-
-def is_exception(pdu) -> bool:  # pragma: no cover - kept for diagnostics callers
-    return isinstance(pdu, ExceptionResponse)
+    def parse(self, data: bytes) -> tuple[int, int, int, bytes]:
+        """(used, unit, tid, pdu); used == 0 while incomplete."""
+        if len(data) >= 4 and data[2:4] != b"\0\0":
+            raise InvalidResponse(f"MBAP protocol id {data[2:4].hex()} is not Modbus")
+        return self.framer.decode(data)

@@ -1,0 +1,198 @@
+"""Fixtures: a pymodbus TCP server in a subprocess, and an RTU responder on a pty pair.
+
+The RTU responder is written here on pymodbus's RTU framer (an implementation
+independent of the native scanner the driver uses); it can go silent per unit,
+send garbage, corrupt CRCs and answer short, which a real bus does and a
+simulator does not.
+"""
+
+import json
+import os
+import socket
+import struct
+import subprocess
+import sys
+import time
+import tty
+
+import pytest
+import trio
+from pymodbus.framer import FramerRTU
+from pymodbus.pdu import DecodePDU
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+class TcpServer:
+    """pymodbus SimDevice servers in their own process (see sim_server.py)."""
+
+    def __init__(self, tmp_path, units, *, port=None, ignore_missing=False):
+        self.port = port or free_port()
+        self.ready = tmp_path / f"ready-{self.port}"
+        self.spec_path = tmp_path / f"spec-{self.port}.json"
+        self.spec_path.write_text(json.dumps({"servers": [{"port": self.port, "units": units,
+                                                           "ignore_missing": ignore_missing}],
+                                              "ready": str(self.ready)}))
+        self.proc = None
+        self.start()
+
+    def start(self):
+        if self.ready.exists():
+            self.ready.unlink()
+        self.proc = subprocess.Popen([sys.executable, os.path.join(HERE, "sim_server.py"), str(self.spec_path)])
+        deadline = time.monotonic() + 20
+        while not self.ready.exists():  # another process: its ready file is what we can wait for
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                self.stop()
+                raise RuntimeError("the pymodbus test server did not start")
+            time.sleep(0.02)
+
+    def stop(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def tcp_server_factory(tmp_path):
+    servers = []
+
+    def make(units, **kw):
+        s = TcpServer(tmp_path, units, **kw)
+        servers.append(s)
+        return s
+
+    yield make
+    for s in servers:
+        s.stop()
+
+
+# --------------------------------------------------------------------------- RTU on a pty
+
+
+class RtuResponder:
+    """Answers Modbus RTU requests on the master side of a pty (trio task)."""
+
+    def __init__(self, units: dict):
+        self.units = units          # unit -> {"holding": {addr: v}, "input": {...}, "coils": {addr: bool}}
+        self.dead: set[int] = set()
+        self.garbage_before = b""   # sent before every answer
+        self.corrupt_next = 0       # answers with a broken CRC still to send
+        self.short_at: set[int] = set()
+        self.no_fc22 = False
+        self.requests = 0
+        self.framer = FramerRTU(DecodePDU(True))
+        self.master, self.slave = os.openpty()
+        tty.setraw(self.slave)
+        os.set_blocking(self.master, False)
+        self.path = os.ttyname(self.slave)
+
+    def close(self):
+        for fd in (self.master, self.slave):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    async def serve(self, task_status=trio.TASK_STATUS_IGNORED):
+        task_status.started()
+        buf = b""
+        while True:
+            await trio.lowlevel.wait_readable(self.master)
+            try:
+                buf += os.read(self.master, 4096)
+            except BlockingIOError:
+                continue
+            while True:
+                used, unit, _, frame = self.framer.decode(buf)
+                if not used:
+                    break
+                buf = buf[used:]
+                if frame:
+                    await self._answer(unit, frame)
+
+    async def _answer(self, unit: int, pdu: bytes):
+        self.requests += 1
+        if unit in self.dead or unit not in self.units:
+            return
+        resp = self.handle(self.units[unit], pdu)
+        out = self.framer.encode(resp, unit, 0)
+        if self.corrupt_next:
+            self.corrupt_next -= 1
+            out = out[:-1] + bytes([out[-1] ^ 0xFF])
+        data = self.garbage_before + out
+        while data:
+            await trio.lowlevel.wait_writable(self.master)
+            n = os.write(self.master, data)
+            data = data[n:]
+
+    def handle(self, u: dict, pdu: bytes) -> bytes:
+        fc = pdu[0]
+
+        def exc(code):
+            return bytes([fc | 0x80, code])
+
+        if fc in (1, 2, 3, 4):
+            addr, count = struct.unpack(">HH", pdu[1:5])
+            table = {1: "coils", 2: "discrete", 3: "holding", 4: "input"}[fc]
+            mem = u.get(table, {})
+            if any(a not in mem for a in range(addr, addr + count)):
+                return exc(2)
+            if addr in self.short_at:
+                count = max(1, count // 2)
+            vals = [mem[a] for a in range(addr, addr + count)]
+            if fc <= 2:
+                data = bytearray((count + 7) // 8)
+                for i, v in enumerate(vals):
+                    if v:
+                        data[i // 8] |= 1 << (i % 8)
+                return bytes([fc, len(data)]) + bytes(data)
+            return bytes([fc, 2 * count]) + struct.pack(f">{count}H", *vals)
+        if fc == 5:
+            addr, v = struct.unpack(">HH", pdu[1:5])
+            if addr not in u.get("coils", {}):
+                return exc(2)
+            u["coils"][addr] = v == 0xFF00
+            return pdu[:5]
+        if fc == 6:
+            addr, v = struct.unpack(">HH", pdu[1:5])
+            if addr not in u.get("holding", {}):
+                return exc(2)
+            u["holding"][addr] = v
+            return pdu[:5]
+        if fc == 16:
+            addr, count = struct.unpack(">HH", pdu[1:5])
+            vals = struct.unpack(f">{count}H", pdu[6:6 + 2 * count])
+            if any(a not in u.get("holding", {}) for a in range(addr, addr + count)):
+                return exc(2)
+            for i, v in enumerate(vals):
+                u["holding"][addr + i] = v
+            return pdu[:5]
+        if fc == 22:
+            if self.no_fc22:
+                return exc(1)
+            addr, and_m, or_m = struct.unpack(">HHH", pdu[1:7])
+            cur = u["holding"][addr]
+            u["holding"][addr] = (cur & and_m) | (or_m & ~and_m & 0xFFFF)
+            return pdu[:7]
+        return exc(1)
+
+
+@pytest.fixture
+async def rtu_bus():
+    r = RtuResponder({})
+    async with trio.open_nursery() as n:
+        await n.start(r.serve)
+        try:
+            yield r
+        finally:
+            n.cancel_scope.cancel()
+    r.close()
