@@ -35,8 +35,9 @@ for cmd in gatewayd gatewayctl; do
     cat > "$STAGE/usr/bin/$cmd" <<WRAP
 #!/bin/sh
 # $cmd: runs gatewayd from its self-contained library tree with Debian's python3
+# (-P: the current directory is not put on sys.path, so a ./gatewayd or ./trio.py is never imported)
 lib="\$(dirname "\$(readlink -f "\$0")")/../lib/gatewayd/site"
-PYTHONPATH="\$lib" GATEWAYD_PROFILES="\${GATEWAYD_PROFILES:-\$lib/../../../share/gatewayd/profiles}" exec /usr/bin/python3 -s -m $mod "\$@"
+PYTHONPATH="\$lib" GATEWAYD_PROFILES="\${GATEWAYD_PROFILES:-\$lib/../../../share/gatewayd/profiles}" exec /usr/bin/python3 -s -P -m $mod "\$@"
 WRAP
     chmod 755 "$STAGE/usr/bin/$cmd"
 done

@@ -59,7 +59,11 @@ def test_install_check_config_remove_keeps_state_purge_removes(deb, tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     # the installed wrappers run the installed library tree
     r = subprocess.run([str(root / "usr/bin/gatewayd"), "check-config", str(root / "etc/gatewayd/gatewayd.toml")],
-                       capture_output=True, text=True, timeout=60)
+                       capture_output=True, text=True, timeout=60, cwd=ROOT)  # a gatewayd/ in the cwd is not used
+    r2 = subprocess.run([str(root / "usr/bin/gatewayd"), "version"], capture_output=True, text=True, timeout=60,
+                        cwd=ROOT, env={**os.environ, "PYTHONVERBOSE": "1"})
+    assert str(root / "usr/lib/gatewayd/site/gatewayd/__init__.py") in r2.stderr, r2.stderr[-2000:]
+    assert os.path.join(ROOT, "gatewayd", "__init__.py") not in r2.stderr
     assert r.returncode == 0, r.stderr
     assert "0 driver(s), 0 device(s), 0 point(s), 0 connector(s)" in r.stdout
     r = subprocess.run([str(root / "usr/bin/gatewayctl"), "--help"], capture_output=True, text=True, timeout=60)
@@ -118,3 +122,84 @@ def test_packaged_default_config_is_valid_and_safe():
     assert cfg.drivers == {} and cfg.connectors == {}
     assert cfg.control.socket == "/run/gatewayd/control.sock" and cfg.control.socket_mode == 0o660
     assert cfg.gateway.state_dir == "/var/lib/gatewayd"
+
+
+@needs_dpkg
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (installs, then drops to an unprivileged user)")
+def test_installed_package_runs_as_an_unprivileged_user_under_the_unit_sandbox(deb):
+    """The packaged tree (wrapper -> Debian's python3 -> /usr/lib/gatewayd/site) with the packaged
+    default configuration, started like the unit starts it: as a user without capabilities
+    (``nobody`` standing in for ``gatewayd``) under its seccomp filter (see unit_sandbox.py)."""
+    import grp
+    import pwd
+    import signal
+    import tempfile
+
+    from unit_sandbox import Notify, seccomp_unavailable, tail
+
+    from gatewayd.rpc.client import RpcClient
+
+    if seccomp_unavailable():
+        pytest.skip(seccomp_unavailable())
+    nobody = pwd.getpwnam("nobody")
+    top = tempfile.mkdtemp(prefix="gatewayd-pkg-", dir="/tmp")  # pytest's tmp is 0700: nobody could not enter
+    try:
+        os.chmod(top, 0o755)
+        root = os.path.join(top, "root")
+        for d in ("var/lib/dpkg/info", "var/lib/dpkg/updates", "etc"):
+            os.makedirs(os.path.join(root, d))
+        open(os.path.join(root, "var/lib/dpkg/status"), "w").close()
+        dpkg = ["dpkg", f"--instdir={root}", f"--admindir={root}/var/lib/dpkg", "--force-script-chrootless",
+                "--force-depends", "-i", deb]
+        r = subprocess.run(dpkg, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stdout + r.stderr
+        # the packaged configuration, with the state and socket directories systemd would create
+        state, run = os.path.join(top, "state"), os.path.join(top, "run")
+        for d in (state, run):
+            os.makedirs(d, mode=0o750)
+            os.chown(d, nobody.pw_uid, nobody.pw_gid)
+        with open(os.path.join(root, "etc/gatewayd/gatewayd.toml")) as fh:
+            text = fh.read()
+        group = grp.getgrgid(nobody.pw_gid).gr_name
+        text = (text.replace('"/var/lib/gatewayd/backups"', f'"{state}/backups"')
+                .replace('"/var/lib/gatewayd"', f'"{state}"')
+                .replace('"/run/gatewayd/control.sock"', f'"{run}/control.sock"')
+                .replace('socket_group = "gatewayd"', f'socket_group = "{group}"')
+                .replace('"group:gatewayd"', f'"group:{group}"')
+                .replace('include = ["conf.d/*.toml"]', ""))
+        cfg = os.path.join(top, "gatewayd.toml")
+        with open(cfg, "w") as fh:
+            fh.write(text)
+        os.chmod(cfg, 0o644)
+        notify = Notify(os.path.join(top, "notify.sock"))
+        os.chmod(notify.path, 0o777)  # the service user must be able to send to it, as to systemd's
+        log = os.path.join(top, "daemon.log")
+        env = {"PATH": "/usr/bin:/bin", "NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "2000000",
+               "PYTHONPYCACHEPREFIX": os.path.join(state, "pycache")}
+        cmd = [sys.executable, os.path.join(os.path.dirname(__file__), "unit_sandbox.py"), UNIT, "--user", "nobody",
+               "--", os.path.join(root, "usr/bin/gatewayd"), "run", "-c", cfg]
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            notify.wait("READY=1", proc, log, timeout=60)
+            with open(f"/proc/{proc.pid}/status") as fh:
+                status = fh.read()
+            assert f"Uid:\t{nobody.pw_uid}" in status and "CapEff:\t0000000000000000" in status
+            sock = os.path.join(run, "control.sock")
+            st = os.stat(sock)
+            assert (st.st_mode & 0o777, st.st_gid) == (0o660, nobody.pw_gid)
+            with RpcClient(sock) as c:
+                assert not c.call("drivers.list")  # the packaged default: no drivers
+                b = c.call("backup.run")
+            assert b["path"].startswith(f"{state}/backups/") and os.stat(b["path"]).st_uid == nobody.pw_uid
+            notify.wait("WATCHDOG=1", proc, log)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(30) == 0, tail(log)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+            notify.sock.close()
+        assert "Traceback" not in tail(log, 1 << 20), tail(log)
+    finally:
+        shutil.rmtree(top, ignore_errors=True)

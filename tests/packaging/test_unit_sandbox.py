@@ -9,18 +9,15 @@ A unit that passes ``systemd-analyze security`` can still stop the daemon from s
 import grp
 import json
 import os
-import shutil
 import signal
-import socket
 import stat
 import subprocess
 import sys
-import time
 
 import pytest
 
 from gatewayd.rpc.client import RpcClient
-from unit_sandbox import unit_settings
+from unit_sandbox import Notify, seccomp_unavailable, tail, unit_settings
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -28,54 +25,11 @@ UNIT = os.environ.get("GATEWAYD_TEST_UNIT") or os.path.join(ROOT, "packaging", "
 SANDBOX = os.path.join(HERE, "unit_sandbox.py")
 
 
-def _seccomp_available():
-    import ctypes.util
-
-    if not shutil.which("systemd-analyze"):
-        return "systemd-analyze not installed (it lists the syscall groups)"
-    if not (ctypes.util.find_library("seccomp") or os.path.exists("/usr/lib/x86_64-linux-gnu/libseccomp.so.2")):
-        return "libseccomp not installed"
-    with open("/proc/self/status") as fh:
-        if "Seccomp:" not in fh.read():
-            return "kernel without seccomp"
-    return None
-
-
-pytestmark = pytest.mark.skipif(_seccomp_available() is not None, reason=str(_seccomp_available()))
+pytestmark = pytest.mark.skipif(seccomp_unavailable() is not None, reason=str(seccomp_unavailable()))
 
 
 def sandboxed(cmd):
     return [sys.executable, SANDBOX, UNIT, "--", *cmd]
-
-
-def tail(log, n=4000):
-    with open(log, errors="replace") as fh:
-        return fh.read()[-n:]
-
-
-class Notify:
-    def __init__(self, path):
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(path)
-        self.got = []
-
-    def wait(self, prefix, proc, log, timeout=30.0):
-        deadline = time.monotonic() + timeout
-        while True:
-            for m in self.got:
-                if any(line.startswith(prefix) for line in m.splitlines()):
-                    self.got.remove(m)
-                    return m
-            left = deadline - time.monotonic()
-            if left <= 0 or proc.poll() is not None:
-                raise AssertionError(f"no {prefix!r} from the sandboxed daemon (exit {proc.poll()}):\n"
-                                     + tail(log))
-            self.sock.settimeout(min(left, 0.5))
-            try:
-                self.got.append(self.sock.recv(65536).decode())
-            except socket.timeout:
-                pass
 
 
 def test_daemon_starts_serves_reloads_and_stops_under_the_unit_filter(tmp_path):

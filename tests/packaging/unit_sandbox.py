@@ -23,9 +23,11 @@ import errno
 import grp
 import os
 import pwd
+import shutil
 import socket
 import subprocess
 import sys
+import time
 
 SCMP_ACT_ALLOW = 0x7FFF0000
 
@@ -167,6 +169,50 @@ def build_filter(settings: dict[str, list[str]]):
     for name in sorted(allow - special):
         rule(SCMP_ACT_ALLOW, name)
     return lib, ctx
+
+
+# ---- test helpers: sd_notify receiver, log tail
+
+def seccomp_unavailable() -> str | None:
+    """Why the sandbox cannot run here, or None."""
+    if not shutil.which("systemd-analyze"):
+        return "systemd-analyze not installed (it lists the syscall groups)"
+    if not ctypes.util.find_library("seccomp"):
+        return "libseccomp not installed"
+    with open("/proc/self/status") as fh:
+        if "Seccomp:" not in fh.read():
+            return "kernel without seccomp"
+    return None
+
+
+def tail(log, n=4000):
+    with open(log, errors="replace") as fh:
+        return fh.read()[-n:]
+
+
+class Notify:
+    def __init__(self, path):
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(path)
+        self.got = []
+
+    def wait(self, prefix, proc, log, timeout=30.0):
+        deadline = time.monotonic() + timeout
+        while True:
+            for m in self.got:
+                if any(line.startswith(prefix) for line in m.splitlines()):
+                    self.got.remove(m)
+                    return m
+            left = deadline - time.monotonic()
+            if left <= 0 or proc.poll() is not None:
+                raise AssertionError(f"no {prefix!r} from the sandboxed daemon (exit {proc.poll()}):\n"
+                                     + tail(log))
+            self.sock.settimeout(min(left, 0.5))
+            try:
+                self.got.append(self.sock.recv(65536).decode())
+            except socket.timeout:
+                pass
 
 
 def main(argv: list[str]) -> None:
