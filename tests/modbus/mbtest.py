@@ -1,4 +1,4 @@
-"""Fixtures: a pymodbus TCP server in a subprocess, and an RTU responder on a pty pair.
+"""Helpers and fixtures: a pymodbus TCP server in a subprocess, and an RTU responder on a pty pair.
 
 The RTU responder is written here on pymodbus's RTU framer (an implementation
 independent of the native scanner the driver uses); it can go silent per unit,
@@ -102,24 +102,47 @@ class RtuResponder:
             except OSError:
                 pass
 
-    async def serve(self, task_status=trio.TASK_STATUS_IGNORED):
-        task_status.started()
-        buf = b""
+    async def _pty_send(self, data):
+        while data:
+            await trio.lowlevel.wait_writable(self.master)
+            n = os.write(self.master, data)
+            data = data[n:]
+
+    async def _pty_recv(self):
         while True:
             await trio.lowlevel.wait_readable(self.master)
             try:
-                buf += os.read(self.master, 4096)
+                return os.read(self.master, 4096)
             except BlockingIOError:
                 continue
+
+    async def serve(self, task_status=trio.TASK_STATUS_IGNORED):
+        task_status.started()
+        await self._serve(self._pty_recv, self._pty_send)
+
+    async def serve_tcp(self, stream):
+        """RTU frames over a TCP connection (a serial device server in transparent mode)."""
+        try:
+            await self._serve(lambda: stream.receive_some(4096), stream.send_all)
+        except trio.BrokenResourceError:
+            pass
+
+    async def _serve(self, recv, send):
+        buf = b""
+        while True:
+            data = await recv()
+            if not data:
+                return
+            buf += data
             while True:
                 used, unit, _, frame = self.framer.decode(buf)
                 if not used:
                     break
                 buf = buf[used:]
                 if frame:
-                    await self._answer(unit, frame)
+                    await self._answer(unit, frame, send)
 
-    async def _answer(self, unit: int, pdu: bytes):
+    async def _answer(self, unit: int, pdu: bytes, send):
         self.requests += 1
         if unit in self.dead or unit not in self.units:
             return
@@ -128,11 +151,7 @@ class RtuResponder:
         if self.corrupt_next:
             self.corrupt_next -= 1
             out = out[:-1] + bytes([out[-1] ^ 0xFF])
-        data = self.garbage_before + out
-        while data:
-            await trio.lowlevel.wait_writable(self.master)
-            n = os.write(self.master, data)
-            data = data[n:]
+        await send(self.garbage_before + out)
 
     def handle(self, u: dict, pdu: bytes) -> bytes:
         fc = pdu[0]

@@ -89,6 +89,7 @@ async def test_polls_values_and_learns_the_refused_hole_without_failing_the_devi
         assert refused == [{"table": "holding", "unit": 1, "start": 3, "end": 4}]
         drv = gw.drivers["mb"].instance
         d = drv.devices["m1"]
+        await wait_cycles(drv, "m1", 1)
         assert d.stats["splits"] == 1 and gw.points.devices["m1"].failures == 0
         assert gw.points.devices["m1"].conn_status == "ok"
         blocks = sorted((b.table, b.start, b.count) for g in d.groups for b in g.blocks)
