@@ -135,7 +135,7 @@ def test_installed_package_runs_as_an_unprivileged_user_under_the_unit_sandbox(d
     import signal
     import tempfile
 
-    from unit_sandbox import Notify, seccomp_unavailable, tail
+    from unit_sandbox import Notify, running, seccomp_unavailable, tail
 
     from gatewayd.rpc.client import RpcClient
 
@@ -178,9 +178,7 @@ def test_installed_package_runs_as_an_unprivileged_user_under_the_unit_sandbox(d
                "PYTHONPYCACHEPREFIX": os.path.join(state, "pycache")}
         cmd = [sys.executable, os.path.join(os.path.dirname(__file__), "unit_sandbox.py"), UNIT, "--user", "nobody",
                "--", os.path.join(root, "usr/bin/gatewayd"), "run", "-c", cfg]
-        with open(log, "wb") as out:
-            proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
-        try:
+        with running(cmd, env, log, notify) as proc:
             notify.wait("READY=1", proc, log, timeout=60)
             with open(f"/proc/{proc.pid}/status") as fh:
                 status = fh.read()
@@ -195,11 +193,6 @@ def test_installed_package_runs_as_an_unprivileged_user_under_the_unit_sandbox(d
             notify.wait("WATCHDOG=1", proc, log)
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(30) == 0, tail(log)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(10)
-            notify.sock.close()
         assert "Traceback" not in tail(log, 1 << 20), tail(log)
     finally:
         shutil.rmtree(top, ignore_errors=True)

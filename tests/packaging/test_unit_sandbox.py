@@ -17,7 +17,7 @@ import sys
 import pytest
 
 from gatewayd.rpc.client import RpcClient
-from unit_sandbox import Notify, seccomp_unavailable, tail, unit_settings
+from unit_sandbox import Notify, running, seccomp_unavailable, tail, unit_settings
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -55,10 +55,8 @@ model = "meter"
     log = str(tmp_path / "daemon.log")
     env = {**os.environ, "NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "400000", "PYTHONUNBUFFERED": "1"}
     env.pop("WATCHDOG_PID", None)
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(sandboxed([sys.executable, "-m", "gatewayd", "run", "-c", str(tmp_path / "gw.toml")]),
-                                env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
+    cmd = sandboxed([sys.executable, "-m", "gatewayd", "run", "-c", str(tmp_path / "gw.toml")])
+    with running(cmd, env, log, notify) as proc:
         notify.wait("READY=1", proc, log)
         with open(f"/proc/{proc.pid}/status") as fh:
             status = fh.read()
@@ -91,11 +89,6 @@ model = "meter"
         proc.send_signal(signal.SIGTERM)
         notify.wait("STOPPING=1", proc, log)
         assert proc.wait(20) == 0, tail(log)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-        notify.sock.close()
     text = tail(log, 1 << 20)
     assert "Operation not permitted" not in text and "Traceback" not in text, text[-4000:]
 

@@ -17,6 +17,7 @@ Not reproduced: the mount namespace (ProtectSystem=, PrivateTmp=, ...), DeviceAl
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -213,6 +214,20 @@ class Notify:
                 self.got.append(self.sock.recv(65536).decode())
             except socket.timeout:
                 pass
+
+
+@contextlib.contextmanager
+def running(cmd: list[str], env: dict, log: str, notify: Notify):
+    """``cmd`` as a subprocess logging to ``log``; killed if still running when the block ends."""
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        notify.sock.close()
 
 
 def main(argv: list[str]) -> None:
