@@ -66,6 +66,15 @@ def test_install_check_config_remove_keeps_state_purge_removes(deb, tmp_path):
     assert os.path.join(ROOT, "gatewayd", "__init__.py") not in r2.stderr
     assert r.returncode == 0, r.stderr
     assert "0 driver(s), 0 device(s), 0 point(s), 0 connector(s)" in r.stdout
+    # the commented example, uncommented into conf.d: include glob, the packaged Modbus plugin and profiles
+    text = (root / "etc/gatewayd/gatewayd.toml").read_text()
+    example = [line[2:] for line in text.split("# Example (uncomment and adapt):")[1].splitlines() if line[:2] == "# "]
+    (root / "etc/gatewayd/conf.d/plant.toml").write_text("\n".join(example) + "\n")
+    r = subprocess.run([str(root / "usr/bin/gatewayd"), "check-config", str(root / "etc/gatewayd/gatewayd.toml")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert re.search(r"1 driver\(s\), 1 device\(s\), [1-9]\d* point\(s\)", r.stdout), r.stdout
+    (root / "etc/gatewayd/conf.d/plant.toml").unlink()
     r = subprocess.run([str(root / "usr/bin/gatewayctl"), "--help"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "Control a running gatewayd" in r.stdout
     passwd = (root / "etc/passwd").read_text()
