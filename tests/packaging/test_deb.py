@@ -110,6 +110,14 @@ def test_unit_exposure_is_ok():
     assert float(m.group(1)) <= 2.0 and m.group(2) == "OK"
 
 
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze not installed")
+def test_unit_verifies_clean_apart_from_the_uninstalled_binaries():
+    r = subprocess.run(["systemd-analyze", "verify", UNIT], capture_output=True, text=True, timeout=60)
+    complaints = [line for line in (r.stdout + r.stderr).splitlines() if line.strip()
+                  and not re.search(r"Command /usr/bin/gateway(d|ctl) is not executable", line)]
+    assert not complaints, complaints  # unknown keys, bad values, ...
+
+
 def test_unit_has_the_required_settings():
     with open(UNIT) as fh:
         text = fh.read()
