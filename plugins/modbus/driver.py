@@ -564,24 +564,28 @@ class ModbusDriver(Driver):
 
     # ------------------------------------------------------------------ discovery
     async def _identify(self, d: Device, unit: int, timeout: float) -> dict | None:
-        """Presence (any answer, even an exception) + FC43 identity when the device has it."""
+        """Presence (any answer to a register read, even an exception) + FC43 identity when available.
+
+        Presence is asked with a plain read first: some TCP gateways answer FC43 themselves
+        for every unit id, present or not.
+        """
         info: dict[str, Any] = {"unit": unit}
+        try:
+            await self.transact(d, pdu.read(2, 0, 1), unit=unit, retries=0, timeout=timeout)
+        except ModbusException as e:
+            if e.code in FAILING_CODES:
+                return None
+        except InvalidResponse:
+            pass  # something answered
+        except (Timeout, TransportError):
+            return None
         try:
             r = await self.device_identification(d.id, "basic", unit=unit, timeout=timeout)
             info.update(r["objects"])
         except ModbusException as e:
-            if e.code in FAILING_CODES:
-                return None
             info["identification"] = f"not supported ({e})"
-            try:  # still present? anything but silence says so
-                await self.transact(d, pdu.read(2, 0, 1), unit=unit, retries=0, timeout=timeout)
-            except ModbusException as e2:
-                if e2.code in FAILING_CODES:
-                    return None
-        except InvalidResponse as e:
-            info["identification"] = f"invalid answer ({e})"
-        except (Timeout, TransportError):
-            return None
+        except (InvalidResponse, Timeout, TransportError) as e:
+            info["identification"] = f"no valid answer ({e})"
         model = info.get("model") or info.get("product_name") or info.get("product_code")
         prof, score = match_profile(info.get("vendor"), model)
         if prof and score >= 0.5:

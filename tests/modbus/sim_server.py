@@ -80,10 +80,18 @@ def make_server(srv: dict) -> ModbusTcpServer:
                 pdu.registers = pdu.registers[: len(pdu.registers) // 2]
         return pdu
 
-    ident = devices[0].identity
+    known = {int(u) for u in srv["units"]}
+
+    def trace_packet(sending, data):
+        # SimCore answers exception 04 for a unit it does not have; a real bus is silent
+        if sending and srv.get("ignore_missing") and len(data) > 6 and data[6] not in known:
+            return b""
+        return data
+
+    ident = next((d.identity for d in devices if d.identity), None)  # pymodbus answers FC43 server-wide
     return ModbusTcpServer(devices if len(devices) > 1 else devices[0], address=("127.0.0.1", srv["port"]),
                            trace_pdu=trace_pdu if any(short.values()) else None, identity=ident,
-                           ignore_missing_devices=bool(srv.get("ignore_missing")))
+                           trace_packet=trace_packet)
 
 
 async def main(spec):
