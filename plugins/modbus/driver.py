@@ -244,12 +244,13 @@ class ModbusDriver(Driver):
             if p.enabled:
                 groups.setdefault(p.binding["group"] or "", []).append(p)
         intervals = d.cfg.settings.get("poll_groups") or {}
-        old = {g.name: g.next_due for g in d.groups}
+        old = {g.name: g for g in d.groups}  # kept: a re-plan in the middle of a cycle keeps the schedule
         d.groups = []
         total = 0
         for name, pts in sorted(groups.items()):
-            g = _Group(name, intervals.get(name, s["poll_interval"]) if name else s["poll_interval"], pts)
-            g.next_due = old.get(name, 0.0)
+            interval = intervals.get(name, s["poll_interval"]) if name else s["poll_interval"]
+            g = old.get(name) or _Group(name, interval, pts)
+            g.interval, g.points, g.blocks = interval, pts, []
             specs = [(TABLES[p.binding["table"]], d.unit, p.binding["address"], _width(p.binding)) for p in pts]
             plan = planner.plan(specs, max_gap=s["max_gap"], max_registers=d.max_registers,
                                 max_bits=s["max_bits"], forbidden=d.refused)

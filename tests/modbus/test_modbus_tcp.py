@@ -269,3 +269,16 @@ def test_config_errors_name_the_missing_keys(tmp_path):
                     "point x/p: a string needs length = <registers>",
                     "point x/p: poll group 'fast' is not in the device's poll_groups (none defined)",
                     "device y: transport rtu needs serial_port"]
+
+
+async def test_poll_groups_have_their_own_interval(tmp_path, server):
+    extra = '[drivers.mb.devices.m1.points.slow]\naddress = 100\ngroup = "slow"\n'
+    async with run_gateway(tmp_path, site(server.port, extra, device_extra='poll_groups = { slow = "1h" }')) as gw:
+        await wait_until(gw, lambda: gw.points.points["m1/slow"].status == "ok", timeout=15)
+        drv = gw.drivers["mb"].instance
+        d = drv.devices["m1"]
+        slow = next(g for g in d.groups if g.name == "slow")
+        assert slow.interval == 3600 and [(b.start, b.count) for b in slow.blocks] == [(100, 1)]
+        ts = gw.points.points["m1/slow"].ts
+        await wait_cycles(drv, "m1", 5)
+        assert gw.points.points["m1/slow"].ts == ts  # not polled again within the hour
