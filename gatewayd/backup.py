@@ -219,17 +219,49 @@ def restore_backup(backup_path: str, state_dir: str, *, socket_path: str | None 
             "backup": backup_path}
 
 
+FIRST_DELAY = 60.0  # s after start before the first backup when none exists yet (let the site settle)
+RETRY_AFTER = 600.0  # s before retrying a failed scheduled backup
+RECHECK = 60.0  # s: a reload that changes [backup] interval takes effect within this
+
+
 async def backup_loop(gw: "Gateway") -> None:
-    """Scheduled backups every ``[backup] interval`` (nothing when unset)."""
-    interval = gw.config.backup.interval
-    if not interval:
-        await trio.sleep_forever()
+    """Scheduled backups every ``[backup] interval`` (nothing while it is unset).
+
+    The schedule counts from the newest backup on disk, not from the daemon's start: a box
+    restarted more often than ``interval`` (nightly power cycles) still gets its backups.
+    The configuration is read again every minute, so a reload applies."""
+    now = trio.current_time()
+    newest = _newest_created(backup_dir(gw))
+    # trio-clock time of the last backup (wall-clock age carried over from the manifest)
+    last = now - max(0.0, _dt.datetime.now(_dt.timezone.utc).timestamp() - newest) if newest is not None else None
+    started = now
     while True:
-        await trio.sleep(interval)
+        interval = gw.config.backup.interval
+        now = trio.current_time()
+        if not interval:
+            await trio.sleep(RECHECK)
+            continue
+        due = last + interval if last is not None else started + FIRST_DELAY
+        if now < due:
+            await trio.sleep(min(RECHECK, due - now))
+            continue
         try:
             await run_backup(gw)
+            last = trio.current_time()
         except Exception as e:  # a failed backup is reported, the daemon keeps running
-            log.error("scheduled backup failed: %s: %s", type(e).__name__, e)
+            log.error("scheduled backup failed: %s: %s (next attempt in %.0f s)", type(e).__name__, e,
+                      min(RETRY_AFTER, interval))
+            last = trio.current_time() - interval + min(RETRY_AFTER, interval)
+
+
+def _newest_created(root: str) -> float | None:
+    """Wall-clock time (epoch s) of the newest complete backup in ``root``, or None."""
+    for m in list_backups(root):
+        try:
+            return _dt.datetime.fromisoformat(m["created"]).timestamp()
+        except (KeyError, TypeError, ValueError):
+            continue
+    return None
 
 
 def register_backup_methods(registry: Any, gw: "Gateway") -> None:

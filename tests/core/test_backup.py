@@ -145,42 +145,48 @@ def test_restore_refuses_when_it_cannot_tell_whether_the_daemon_runs(tmp_path, m
 
 
 async def test_scheduled_backups_every_interval_keep_retention(tmp_path, autojump_clock, monkeypatch):
-    """backup_loop on a mock clock: one backup per interval, the oldest beyond retention removed."""
+    """backup_loop on a mock clock: the first backup soon after start, then one per interval, the
+    oldest beyond retention removed, the schedule kept across restarts, a reload applied."""
+    import datetime
     import types
 
     import trio
 
+    import gatewayd.backup as mod
     from gatewayd.backup import backup_loop
-
-    class Store:
-        schema_version = 1
-
-        def __init__(self, name):
-            self.name = name
-
-        async def backup_to(self, path):
-            c = apsw.Connection(str(path))
-            c.execute("create table t(a)")
-            c.close()
 
     cfg = types.SimpleNamespace(
         gateway=types.SimpleNamespace(id="gw", state_dir=str(tmp_path)),
         backup=types.SimpleNamespace(dir=str(tmp_path / "bk"), interval=3600.0, retention=3),
         outbox=types.SimpleNamespace(memory=False))
-    gw = types.SimpleNamespace(config=cfg, state=Store("state"), history=Store("history"), outbox=Store("outbox"))
+    gw = types.SimpleNamespace(config=cfg)
     made = []
-    import gatewayd.backup as mod
 
-    real = mod.run_backup
+    async def fake_run_backup(g, dest_dir=None):  # no threads: the mock clock jumps freely
+        path = tmp_path / "bk" / f"b{len(made):03d}"
+        path.mkdir(parents=True)
+        created = datetime.datetime.now(datetime.timezone.utc).isoformat()
+        (path / "manifest.json").write_text(json.dumps({"created": created, "files": {}}))
+        made.append((trio.current_time(), str(path)))
+        mod._apply_retention(str(tmp_path / "bk"), g.config.backup.retention)
 
-    async def counting(g, dest_dir=None):
-        m = await real(g, dest_dir)
-        made.append(m["path"])
-        return m
-
-    monkeypatch.setattr(mod, "run_backup", counting)
-    autojump_clock.autojump_threshold = 0.2  # real seconds idle before a jump: lets to_thread work finish
-    with trio.move_on_after(5 * 3600 + 60):
+    monkeypatch.setattr(mod, "run_backup", fake_run_backup)
+    t0 = trio.current_time()
+    with trio.move_on_after(4 * 3600 + 120):
         await backup_loop(gw)
-    assert len(made) == 5
-    assert [b["path"] for b in list_backups(str(tmp_path / "bk"))] == made[::-1][:3]
+    assert [round(t - t0) for t, _ in made] == [60, 3660, 7260, 10860, 14460]
+    assert [b["path"] for b in list_backups(str(tmp_path / "bk"))] == [p for _, p in made][::-1][:3]
+    # restarted: the schedule continues from the newest backup on disk, not from the start
+    made.clear()
+    with trio.move_on_after(3000):
+        await backup_loop(gw)
+    assert made == []
+    with trio.move_on_after(3600):
+        await backup_loop(gw)
+    assert len(made) == 1
+    # a reload that unsets the interval stops scheduled backups
+    cfg.backup.interval = None
+    made.clear()
+    with trio.move_on_after(5 * 3600):
+        await backup_loop(gw)
+    assert made == []
