@@ -1,0 +1,86 @@
+"""The trio-driven paho session against a real Mosquitto (no gateway involved)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import trio
+
+from gatewayd_mqtt.session import ConnectRefused, MqttError, Session, SessionOptions
+
+log = logging.getLogger("test.mqtt")
+
+
+def opts(port, **kw) -> SessionOptions:
+    kw.setdefault("client_id", "t-session")
+    return SessionOptions(host="127.0.0.1", port=port, **kw)
+
+
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
+@pytest.mark.parametrize("qos", [0, 1, 2])
+async def test_publish_and_ack(broker, subscriber_factory, protocol, qos):
+    sub = subscriber_factory(broker.port, "t/#", qos=2)
+    acked: list[int] = []
+    done = trio.Event()
+    n = 2000
+
+    def on_publish(mid):
+        acked.append(mid)
+        if len(acked) == n:
+            done.set()
+
+    s = Session(opts(broker.port, protocol=protocol), on_publish=on_publish if qos else None, log=log)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(s.run)
+        mids = [s.publish(f"t/{i % 7}", b"%d" % i, qos) for i in range(n)]
+        s.kick()
+        if qos:
+            with trio.fail_after(10):
+                await done.wait()
+            assert sorted(acked) == sorted(mids)
+        else:
+            drained = trio.Event()
+            s.when_drained(drained.set)
+            with trio.fail_after(10):
+                await drained.wait()
+        msgs = await sub.wait_count(n)
+        await s.goodbye()
+    per_topic: dict[str, list[int]] = {}
+    for t, p, _r, _q in msgs:
+        per_topic.setdefault(t, []).append(int(p))
+    for t, vals in per_topic.items():
+        assert vals == sorted(vals), f"out of order on {t}"
+    assert sum(len(v) for v in per_topic.values()) == n
+
+
+async def test_connection_refused_port(tmp_path):
+    from conftest import free_port
+
+    s = Session(opts(free_port(), connect_timeout=2), log=log)
+    with pytest.raises(MqttError, match="cannot connect to 127.0.0.1"):
+        await s.run()
+
+
+async def test_auth_failure_is_clear(broker_factory):
+    b = broker_factory(users={"gw": "right"})
+    for protocol in ("3.1.1", "5"):
+        s = Session(opts(b.port, username="gw", password="wrong", protocol=protocol), log=log)
+        with pytest.raises(ConnectRefused) as ei:
+            await s.run()
+        msg = str(ei.value).lower()
+        assert "refused" in msg and ("not authorized" in msg or "bad user name or password" in msg), msg
+    ok = Session(opts(b.port, username="gw", password="right"), log=log)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ok.run)
+        await ok.goodbye()
+
+
+async def test_broker_stop_is_noticed(broker):
+    s = Session(opts(broker.port, keepalive=5), log=log)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(s.run)
+        broker.stop()
+        with trio.fail_after(5):
+            await s.lost.wait()
+    assert s.error
