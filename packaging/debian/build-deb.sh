@@ -77,6 +77,9 @@ Description: edge gateway daemon for building and plant field devices
  Configured by /etc/gatewayd/gatewayd.toml, operated with gatewayctl.
 CTL
 echo "/etc/gatewayd/gatewayd.toml" > "$STAGE/DEBIAN/conffiles"
+# md5sums: `dpkg --verify gatewayd` on a box tells whether the installed files were changed
+(cd "$STAGE" && find . -path ./DEBIAN -prune -o -type f -printf '%P\0' | LC_ALL=C sort -z | xargs -0 md5sum) \
+    > "$STAGE/DEBIAN/md5sums"
 for s in postinst prerm postrm; do install -m 755 "$SRC/packaging/debian/$s" "$STAGE/DEBIAN/$s"; done
 
 DEB="$OUT/gatewayd_${VERSION}-1_${ARCH}.deb"

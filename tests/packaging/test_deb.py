@@ -57,6 +57,8 @@ def test_install_check_config_remove_keeps_state_purge_removes(deb, tmp_path):
             "--force-depends", "--force-not-root"]
     r = subprocess.run(dpkg + ["-i", deb], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
+    r = subprocess.run(dpkg + ["--verify", "gatewayd"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout == "", r.stdout + r.stderr  # md5sums shipped and matching
     # the installed wrappers run the installed library tree
     r = subprocess.run([str(root / "usr/bin/gatewayd"), "check-config", str(root / "etc/gatewayd/gatewayd.toml")],
                        capture_output=True, text=True, timeout=60, cwd=ROOT)  # a gatewayd/ in the cwd is not used
