@@ -90,8 +90,16 @@ def test_install_check_config_remove_keeps_state_purge_removes(deb, tmp_path):
     st = os.stat(root / "etc/gatewayd/gatewayd.toml")
     assert (oct(st.st_mode & 0o7777), st.st_gid) == (oct(0o640), gid)
     assert (root / "etc/systemd/system/multi-user.target.wants/gatewayd.service").is_symlink()
-    # state survives remove, not purge
+    # upgrade (reinstall): the admin's edits to the conffile, the state and the permissions stay
     (root / "var/lib/gatewayd/state.db").write_bytes(b"x")
+    conf = root / "etc/gatewayd/gatewayd.toml"
+    conf.write_text(conf.read_text() + "# edited by the admin\n")
+    r = subprocess.run(dpkg + ["-i", deb], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert conf.read_text().endswith("# edited by the admin\n")
+    assert (root / "var/lib/gatewayd/state.db").read_bytes() == b"x"
+    assert os.stat(root / "etc/gatewayd").st_mode & 0o7777 == 0o2770
+    # state survives remove, not purge
     r = subprocess.run(dpkg + ["-r", "gatewayd"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert (root / "var/lib/gatewayd/state.db").exists() and (root / "etc/gatewayd/gatewayd.toml").exists()
