@@ -1,0 +1,913 @@
+"""``bacnet``: BACnet/IP driver on bacpypes3, hosted on the core's asyncio bridge.
+
+One bacpypes3 stack per configured network (``ip`` or ``foreign``; ``ipv6`` is
+accepted in the schema but refused at start — bacpypes3 0.0.1xx has no IPv6
+application layer). Reading packs ReadPropertyMultiple to the device's max APDU
+and segmentation, shrinks batches on "segmentation not supported" and falls back
+to ReadProperty on "unrecognized service" (both remembered in state.db);
+SubscribeCOV / SubscribeCOVProperty with renewal at 0.75 of the lifetime,
+polling while refused or silent; writes at the requested priority with NULL to
+relinquish; a Who-Is monitor (DeviceDown after two missed cycles, object-list
+checks); user-initiated discovery; device management over RPC. The protocol
+work lives in :mod:`.stack` (asyncio thread), :mod:`.reading` (batch plans) and
+:mod:`.discovery`; this module is the trio side. See README.md for settings.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from functools import partial
+from typing import Any
+
+import trio
+
+from gatewayd.plugin import (Bool, Driver, Duration, Enum, Float, Int, Key, Map, Schema, Str, WriteError,
+                             hookimpl)
+
+from .reading import Batch, ObjectRead, kind_of, plan_batches  # noqa: F401 (kind_of: public helper)
+from .stack import BacnetError, Stack
+
+EXTRA = "bacnet"
+DEFAULT_PORT = 47808
+
+NETWORK_SCHEMA = Schema({
+    "mode": Key(Enum("ip", "ipv6", "foreign"), "ip", "ip: BACnet/IP on a local subnet; foreign: register with a BBMD"),
+    "address": Key(Str(), None, "local address with prefix for the broadcast domain, e.g. \"192.168.1.10/24\""),
+    "port": Key(Int(min=0, max=65535), DEFAULT_PORT, "local UDP port (0: any, foreign devices only)"),
+    "interface": Key(Str(), None, "take the address of this interface when 'address' is not set"),
+    "bbmd_addr": Key(Str(), None, "foreign mode: the BBMD, \"host\" or \"host:port\""),
+    "ttl": Key(Int(min=10, max=65535), 300, "foreign mode: registration time-to-live in seconds"),
+})
+
+_DEVICE_COMMON = {
+    "poll_interval": Key(Duration(min=0.05), None, "default 5s"),
+    "cov": Key(Enum("off", "object", "property"), None, "COV subscriptions: SubscribeCOV (object) or "
+                                                         "SubscribeCOVProperty (property); default off"),
+    "cov_lifetime": Key(Duration(min=10, max=86400), None, "default 300s, renewed at 0.75 of it"),
+    "cov_confirmed": Key(Bool(), None, "ask for confirmed notifications (default false)"),
+    "write_priority": Key(Int(min=1, max=16), None, "priority of writes that name none (default 16, never 1 "
+                                                    "unless you say so)"),
+    "read_mode": Key(Enum("auto", "rpm", "rp"), None, "auto: RPM, falling back to ReadProperty when refused"),
+    "rpm_max_objects": Key(Int(min=1, max=1000), None, "objects per ReadPropertyMultiple at most (default 100)"),
+}
+
+DRIVER_DEFAULTS = {"poll_interval": 5.0, "cov": "off", "cov_lifetime": 300.0, "cov_confirmed": False,
+                   "write_priority": 16, "read_mode": "auto", "rpm_max_objects": 100}
+
+_OBJ_RE = re.compile(r"^[a-z][a-z0-9-]*[,:]\d+$")
+
+
+def _objid(s: str) -> str | None:
+    if not _OBJ_RE.match(s):
+        return "an object id looks like \"analog-input,3\""
+    inst = int(re.split("[,:]", s)[1])
+    if inst > 4194303:
+        return "object instance must be <= 4194303"
+    return None
+
+
+def norm_objid(s: str) -> str:
+    t, i = re.split("[,:]", s)
+    return f"{t},{int(i)}"
+
+
+def flags_of(sf) -> tuple[str, ...]:
+    if not sf:
+        return ()
+    names = ("in_alarm", "fault", "overridden", "out_of_service")
+    return tuple(n for n, b in zip(names, sf) if b)
+
+
+class _Dev:
+    """Runtime state of one configured device."""
+
+    def __init__(self, cfg, settings: dict, network: str, pid: int) -> None:
+        self.cfg = cfg
+        self.id = cfg.id
+        self.s = settings
+        self.network = network
+        self.instance: int = cfg.settings["device_instance"]
+        self.address: str | None = cfg.settings.get("address")
+        self.max_apdu: int | None = cfg.settings.get("max_apdu")
+        self.segmentation: str | None = cfg.settings.get("segmentation")
+        self.pid = pid
+        self.read_mode = settings["read_mode"]
+        self.batch_cap = settings["rpm_max_objects"]
+        self.objects: dict[str, ObjectRead] = {}
+        self.subs: dict[str, dict] = {}  # object id -> subscription state
+        self.missed = 0
+        self.last_iam: float | None = None
+        self.iam_event = trio.Event()
+        self.cov_event = trio.Event()
+        self.requests = 0
+        self.values = 0
+        self.cycles = 0
+        self.object_count: int | None = None
+        self.resolved = trio.Event()
+
+
+class BacnetDriver(Driver):
+    """BACnet/IP devices on one or more networks; see the module docstring and README.md."""
+
+    settings_schema = Schema({
+        "networks": Key(Map(NETWORK_SCHEMA), dict, "named networks, [drivers.<id>.networks.<name>]"),
+        "server_device_instance": Key(Int(min=0, max=4194302), None, "our own device object's instance "
+                                                                      "(required)"),
+        "server_device_name": Key(Str(), "gatewayd", "our own device object's name"),
+        "apdu_timeout": Key(Duration(min=0.05, max=60), 3.0, "per try of a confirmed request"),
+        "apdu_retries": Key(Int(min=0, max=10), 2),
+        "who_is_timeout": Key(Duration(min=0.05, max=60), 3.0, "how long to collect I-Ams"),
+        "monitor_interval": Key(Duration(min=0.05), 300.0, "Who-Is to every known device this often (0: off)"),
+        "monitor_missed": Key(Int(min=1, max=100), 2, "missed monitor cycles before DeviceDown"),
+        "object_check_cycles": Key(Int(min=0, max=10000), 6, "compare object-list length every N monitor "
+                                                              "cycles (0: never)"),
+        "time_sync": Key(Bool(), False, "send UTCTimeSynchronization to every device periodically"),
+        "time_sync_interval": Key(Duration(min=1), 4 * 3600.0),
+        "cov_renew": Key(Float(min=0.1, max=0.95), 0.75, "renew COV subscriptions at this fraction of the "
+                                                         "lifetime"),
+        "cov_silence": Key(Duration(min=0.05), 10.0, "no notification this long after (re)subscribing: poll"),
+        "cov_process_id": Key(Int(min=1, max=4000000), 1000, "first subscriber process id (+ device index)"),
+        **_DEVICE_COMMON,
+    })
+    device_schema = Schema({
+        "device_instance": Key(Int(min=0, max=4194302), None, "the device's instance number (required)"),
+        "network": Key(Str(), None, "network name (default: the only network)"),
+        "address": Key(Str(), None, "\"host\", \"host:port\"; omitted: found with a ranged Who-Is"),
+        "max_apdu": Key(Int(min=50, max=1476), None, "override what the device's I-Am says"),
+        "segmentation": Key(Enum("both", "transmit", "receive", "none"), None, "override the I-Am"),
+        "monitor": Key(Bool(), True, "include in the Who-Is monitor"),
+        **_DEVICE_COMMON,
+    })
+    point_schema = Schema({
+        "object": Key(Str(check=_objid), None, "object id, e.g. \"analog-input,3\" (required)"),
+        "property": Key(Str(pattern=r"[a-z][a-z0-9-]*"), "present-value"),
+        "index": Key(Int(min=0), None, "array index of the property"),
+        "priority": Key(Int(min=1, max=16), None, "write priority of this point when the write names none"),
+        "cov": Key(Enum("off", "object", "property"), None, "override the device's cov"),
+        "cov_increment": Key(Float(min=0), None, "SubscribeCOVProperty increment"),
+    })
+
+    @classmethod
+    def validate_config(cls, config):
+        s = config.settings
+        nets = s.get("networks") or {}
+        if not nets:
+            yield (("networks",), f"driver {config.id}: at least one network is needed, e.g. "
+                                  f"[drivers.{config.id}.networks.main] with address = \"192.168.1.10/24\"")
+        if s.get("server_device_instance") is None:
+            yield (("server_device_instance",), f"driver {config.id}: missing required key "
+                                                "'server_device_instance' (our own BACnet device instance)")
+        for name, n in nets.items():
+            if n["mode"] == "foreign" and not n.get("bbmd_addr"):
+                yield (("networks", name, "bbmd_addr"), f"network {name}: mode = \"foreign\" needs bbmd_addr")
+            if n["mode"] != "foreign" and n.get("bbmd_addr"):
+                yield (("networks", name, "bbmd_addr"), f"network {name}: bbmd_addr is only for mode = \"foreign\"")
+            if not n.get("address") and not n.get("interface"):
+                yield (("networks", name), f"network {name}: set address (e.g. \"192.168.1.10/24\") or interface")
+        seen_inst: dict[tuple, str] = {}
+        for dev in config.devices.values():
+            ds = dev.settings
+            path = ("devices", dev.id)
+            if ds.get("device_instance") is None:
+                yield (path, f"device {dev.id}: missing required key 'device_instance'")
+            net = ds.get("network")
+            if net is None and len(nets) > 1:
+                yield (path, f"device {dev.id}: several networks ({', '.join(nets)}): say which with network = ...")
+            elif net is not None and net not in nets:
+                yield (path + ("network",), f"device {dev.id}: no network {net!r} (known: {', '.join(nets) or 'none'})")
+            key = (net or next(iter(nets), None), ds.get("device_instance"))
+            if key[1] is not None and key in seen_inst:
+                yield (path + ("device_instance",), f"device {dev.id}: instance {key[1]} on network {key[0]} is "
+                                                    f"already device {seen_inst[key]}")
+            seen_inst[key] = dev.id
+            for p in dev.points.values():
+                if p.binding.get("object") is None:
+                    yield (path + ("points", p.name), f"point {p.id}: missing required key 'object'")
+
+    # ------------------------------------------------------------------ setup
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        self.aio = None
+        self.stacks: dict[str, Stack] = {}
+        self.net_status: dict[str, dict] = {}
+        self.devs: dict[str, _Dev] = {}
+        self.by_pid: dict[tuple[str, int], _Dev] = {}
+        self.by_inst: dict[tuple[str, int], _Dev] = {}
+        self.seen: dict[tuple[str, int], dict] = {}
+        self.listeners: list = []
+        self.new_since_cycle: set = set()
+        self.stats = {"requests": 0, "values": 0, "cov_notifications": 0, "i_ams": 0, "errors": 0,
+                      "timeouts": 0, "monitor_cycles": 0}
+        s = self.config.settings
+        nets = s.get("networks") or {}
+        for i, dev in enumerate(self.config.devices.values()):
+            net = dev.settings.get("network") or next(iter(nets), "")
+            d = _Dev(dev, self.settings(dev), net, s["cov_process_id"] + i)
+            self.devs[dev.id] = d
+            self.by_pid[(net, d.pid)] = d
+            self.by_inst[(net, d.instance)] = d
+
+    def settings(self, dev) -> dict:
+        out = dict(DRIVER_DEFAULTS)
+        out.update({k: v for k, v in self.config.settings.items() if k in DRIVER_DEFAULTS and v is not None})
+        out.update({k: v for k, v in dev.settings.items() if k in DRIVER_DEFAULTS and v is not None})
+        return out
+
+    def _local_address(self, name: str, n: dict) -> str:
+        addr = n.get("address")
+        if not addr:
+            addr = _interface_address(n["interface"])
+        if ":" in addr.split("/")[-1]:
+            return addr
+        port = n["port"]
+        return f"{addr}:{port}"
+
+    async def _open_network(self, name: str, n: dict, send) -> None:
+        s = self.config.settings
+        addr = self._local_address(name, n)
+        bbmd = n.get("bbmd_addr")
+        if bbmd and ":" not in bbmd:
+            bbmd = f"{bbmd}:{DEFAULT_PORT}"
+        try:
+            stack = await self.aio.run_sync(partial(
+                Stack, name, n["mode"], addr, s["server_device_instance"], s["server_device_name"],
+                int(s["apdu_timeout"] * 1000), s["apdu_retries"], send, bbmd=bbmd, ttl=n["ttl"],
+                renew=s["cov_renew"]))
+        except BacnetError as e:
+            raise RuntimeError(f"network {name}: {e.reason}") from None
+        self.stacks[name] = stack
+        with trio.move_on_after(10) as cs:
+            await self.aio.run(stack.ready)
+        if cs.cancelled_caught:
+            raise RuntimeError(f"network {name}: cannot bind {addr} (address not on this host, or in use)")
+        self.net_status[name] = {"mode": n["mode"], "address": addr, "registration": None}
+        if n["mode"] == "foreign":
+            self.net_status[name].update(bbmd=bbmd, ttl=n["ttl"], registration="pending")
+        self.log.info("network %s: %s on %s%s", name, n["mode"], addr, f" (BBMD {bbmd})" if bbmd else "")
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED):
+        self.aio = await self.ctx.asyncio()
+        for d in self.devs.values():
+            self._load_learned(d)
+        async with self.aio.channel(max_buffer=100_000) as (send, inbox):
+            try:
+                for name, n in (self.config.settings.get("networks") or {}).items():
+                    await self._open_network(name, n, send)
+                task_status.started()
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._pump, inbox)
+                    for name, n in self.net_status.items():
+                        if n["mode"] == "foreign":
+                            nursery.start_soon(self._watch_registration, name)
+                    for d in self.devs.values():
+                        if d.cfg.enabled and d.network in self.stacks:
+                            nursery.start_soon(self._device_loop, d)
+                    if self.config.settings["monitor_interval"] > 0:
+                        nursery.start_soon(self._monitor_loop)
+                    if self.config.settings["time_sync"]:
+                        nursery.start_soon(self._time_sync_loop)
+            finally:
+                with trio.CancelScope(shield=True):
+                    with trio.move_on_after(3):
+                        await self._cancel_all_subscriptions()
+                    for stack in self.stacks.values():
+                        try:
+                            await self.aio.run_sync(stack.close)
+                        except Exception:  # closing anyway
+                            self.log.debug("closing a network failed", exc_info=True)
+
+    # ------------------------------------------------------------------ unsolicited traffic
+    async def _pump(self, inbox):
+        async for item in inbox:
+            kind = item[0]
+            try:
+                if kind == "i-am":
+                    await self._on_iam(*item[1:])
+                elif kind == "cov":
+                    self._on_cov(*item[1:])
+                elif kind == "fd":
+                    self._on_fd(item[1], item[2])
+                for fn in list(self.listeners):
+                    fn(item)
+            except Exception:  # one bad notification must not stop the pump
+                self.log.error("handling %s failed", kind, exc_info=True)
+
+    async def _on_iam(self, net, inst, address, max_apdu, seg, vendor):
+        self.stats["i_ams"] += 1
+        now = trio.current_time()
+        key = (net, inst)
+        known = key in self.seen
+        self.seen[key] = {"network": net, "device_instance": inst, "address": address, "max_apdu": max_apdu,
+                          "segmentation": seg, "vendor_id": vendor, "seen": time.time()}
+        d = self.by_inst.get(key)
+        if d is not None:
+            d.last_iam = now
+            if d.address is None or d.cfg.settings.get("address") is None:
+                d.address = address
+            if d.cfg.settings.get("max_apdu") is None:
+                d.max_apdu = max_apdu
+            if d.cfg.settings.get("segmentation") is None:
+                d.segmentation = seg
+            d.iam_event.set()
+            d.iam_event = trio.Event()
+            d.resolved.set()
+            return
+        if not known:
+            self.new_since_cycle.add(key)
+            dkey = f"{net}:{inst}"
+            try:
+                rows = self.ctx.gateway.state.discovery_list(driver=self.ctx.id)
+            except Exception:
+                rows = []
+            if not any(r["key"] == dkey for r in rows):
+                await self.ctx.report_discovery(dkey, {**self.seen[key], "passive": True})
+
+    def _on_fd(self, net, status):
+        st = self.net_status.get(net)
+        if st is None:
+            return
+        if status == 0:
+            if st.get("registration") != "registered":
+                self.log.info("network %s: registered with BBMD %s (ttl %ss)", net, st.get("bbmd"), st.get("ttl"))
+            st["registration"] = "registered"
+            st["registered_at"] = time.time()
+            st["registrations"] = st.get("registrations", 0) + 1
+        else:
+            reason = "expired" if status == "expired" else f"refused by the BBMD (result code {status:#06x})"
+            st["registration"] = "failed"
+            st["registration_error"] = reason
+            self.log.error("network %s: foreign-device registration %s", net, reason)
+            self.ctx.emit("ForeignRegistrationFailed", None, network=net, bbmd=st.get("bbmd"), reason=reason)
+
+    async def _watch_registration(self, net):
+        """Report a BBMD that never answers (bacpypes3 keeps retrying by itself)."""
+        st = self.net_status[net]
+        limit = max(5.0, 2 * self.config.settings["apdu_timeout"])
+        await trio.sleep(limit)
+        if st.get("registration") == "pending":
+            st["registration"] = "failed"
+            st["registration_error"] = f"no answer from BBMD {st.get('bbmd')} within {limit:g}s (still trying)"
+            self.log.error("network %s: %s", net, st["registration_error"])
+            self.ctx.emit("ForeignRegistrationFailed", None, network=net, bbmd=st.get("bbmd"),
+                          reason=st["registration_error"])
+
+    # ------------------------------------------------------------------ learned behaviour
+    def _load_learned(self, d: _Dev) -> None:
+        learned = self.ctx.kv_get(f"learned/{d.id}", {}) or {}
+        if d.s["read_mode"] == "auto" and learned.get("read_mode") == "rp":
+            d.read_mode = "rp"
+        if learned.get("batch_cap"):
+            d.batch_cap = min(d.batch_cap, int(learned["batch_cap"]))
+        if learned.get("object_count") is not None:
+            d.object_count = int(learned["object_count"])
+        self._show(d)
+
+    async def _learn(self, d: _Dev, **fields) -> None:
+        learned = dict(self.ctx.kv_get(f"learned/{d.id}", {}) or {})
+        learned.update(fields)
+        await self.ctx.kv_set(f"learned/{d.id}", learned)
+        self._show(d)
+
+    def _show(self, d: _Dev) -> None:
+        try:
+            self.sink.device_info(d.id, bacnet={
+                "network": d.network, "device_instance": d.instance, "address": d.address,
+                "max_apdu": d.max_apdu, "segmentation": d.segmentation, "read_mode": d.read_mode,
+                "batch_cap": d.batch_cap,
+                "cov": {o: s["state"] for o, s in d.subs.items()}})
+        except Exception:  # the point table may not know the device (disabled driver)
+            pass
+
+    # ------------------------------------------------------------------ device loop
+    def _objects(self, d: _Dev) -> dict[str, ObjectRead]:
+        objs: dict[str, ObjectRead] = {}
+        for p in d.cfg.points.values():
+            if not p.enabled:
+                continue
+            b = p.binding
+            oid = norm_objid(b["object"])
+            o = objs.get(oid)
+            if o is None:
+                o = objs[oid] = ObjectRead(oid)
+            o.add(p.id, b["property"], b.get("index"))
+        return objs
+
+    async def _resolve(self, d: _Dev, health) -> None:
+        """Find the device (ranged Who-Is when no address) and learn its max APDU/segmentation."""
+        stack = self.stacks[d.network]
+        timeout = self.config.settings["who_is_timeout"]
+        while True:
+            d.resolved = trio.Event() if not d.resolved.is_set() else d.resolved
+            if d.max_apdu is not None and d.segmentation is not None and d.address:
+                return
+            try:
+                with trio.move_on_after(timeout):
+                    await self.aio.run(stack.who_is, d.instance, d.instance, d.address)
+                    await d.resolved.wait()
+            except BacnetError as e:
+                self.log.debug("Who-Is for %s failed: %s", d.id, e)
+            if d.address and (d.max_apdu is None or d.segmentation is None):
+                # no I-Am (some devices only answer broadcasts): ask the device object
+                try:
+                    res = await self._rpm_or_rp(d, [(f"device,{d.instance}",
+                                                     ["max-apdu-length-accepted", "segmentation-supported"])])
+                    for _o, prop, _i, v, err in res:
+                        if err is None and prop == "max-apdu-length-accepted" and d.max_apdu is None:
+                            d.max_apdu = int(v)
+                        if err is None and prop == "segmentation-supported" and d.segmentation is None:
+                            d.segmentation = {"segmented-both": "both", "segmented-transmit": "transmit",
+                                              "segmented-receive": "receive"}.get(v, "none")
+                    d.max_apdu = d.max_apdu or 480
+                    d.segmentation = d.segmentation or "none"
+                    return
+                except BacnetError as e:
+                    delay = health.failure(f"{e.kind}: {e.reason}")
+                    self._count_error(e)
+            else:
+                if d.address:
+                    return
+                delay = health.failure(f"no I-Am from device {d.instance} on network {d.network}")
+            await trio.sleep(delay)
+
+    async def _device_loop(self, d: _Dev) -> None:
+        health = self.sink.health(d.id)
+        d.objects = self._objects(d)
+        await self._resolve(d, health)
+        self._show(d)
+        cov_wanted = {oid: o for oid, o in d.objects.items() if self._cov_mode(d, o) != "off"}
+        async with trio.open_nursery() as n:
+            if cov_wanted:
+                n.start_soon(self._cov_loop, d, cov_wanted)
+            next_t = trio.current_time()
+            while True:
+                objs = [o for oid, o in d.objects.items() if d.subs.get(oid, {}).get("state") != "active"]
+                delay = None
+                if objs:
+                    try:
+                        await self._poll(d, objs)
+                        health.success()
+                        d.missed = 0
+                    except BacnetError as e:
+                        self._count_error(e)
+                        delay = health.failure(f"{e.kind}: {e.reason}")
+                        self.ctx.device_log(d.id).debug("poll failed (%s), retry in %.1fs", e, delay)
+                d.cycles += 1
+                if delay is not None:
+                    await trio.sleep(min(delay, max(d.s["poll_interval"], 2.0)))
+                    next_t = trio.current_time()
+                    continue
+                next_t += d.s["poll_interval"]
+                now = trio.current_time()
+                if next_t < now:
+                    next_t = now + d.s["poll_interval"]
+                await trio.sleep_until(next_t)
+
+    def _count_error(self, e: BacnetError) -> None:
+        self.stats["errors"] += 1
+        if e.kind == "timeout":
+            self.stats["timeouts"] += 1
+
+    def _seg_can_send(self, d: _Dev) -> bool:
+        return d.segmentation in ("both", "transmit")
+
+    async def _poll(self, d: _Dev, objs: list[ObjectRead]) -> None:
+        ts = self.sink.now()
+        if d.read_mode == "rp":
+            await self._poll_rp(d, objs, ts)
+            return
+        batches = plan_batches(objs, d.max_apdu or 480, self._seg_can_send(d), d.batch_cap)
+        queue = list(batches)
+        while queue:
+            b = queue.pop(0)
+            try:
+                res = await self._rpm(d, b.specs())
+            except BacnetError as e:
+                if e.kind == "reject" and e.reason == "unrecognized-service" or \
+                        e.kind == "error" and e.reason in ("service-request-denied", "unrecognized-service"):
+                    self.ctx.device_log(d.id).warning("device refused ReadPropertyMultiple (%s): using "
+                                                      "ReadProperty from now on", e.reason)
+                    d.read_mode = "rp"
+                    await self._learn(d, read_mode="rp")
+                    await self._poll_rp(d, [o for bb in [b] + queue for o in bb.objects], ts)
+                    return
+                if e.kind == "abort" and e.reason in ("segmentation-not-supported", "apdu-too-long",
+                                                      "buffer-overflow") and len(b.objects) > 1:
+                    cap = max(1, len(b.objects) // 2)
+                    self.ctx.device_log(d.id).warning("device answered %s to %d objects: batches of %d from now "
+                                                      "on", e.reason, len(b.objects), cap)
+                    d.batch_cap = min(d.batch_cap, cap)
+                    await self._learn(d, batch_cap=d.batch_cap)
+                    half = len(b.objects) // 2
+                    queue[:0] = [Batch(b.objects[:half]), Batch(b.objects[half:])]
+                    continue
+                if e.kind in ("error", "reject", "abort") and len(b.objects) > 1:
+                    # e.g. a whole-request error for one unknown object: read the members one by one
+                    queue[:0] = [Batch([o]) for o in b.objects]
+                    continue
+                if e.kind in ("error", "reject", "abort"):
+                    for pid in b.objects[0].point_ids():
+                        self.sink.fault(pid, str(e))
+                    continue
+                raise
+            self._deliver(d, res, ts)
+
+    async def _rpm(self, d: _Dev, specs) -> list:
+        stack = self.stacks[d.network]
+        d.requests += 1
+        self.stats["requests"] += 1
+        return await self.aio.run(stack.read_multiple, d.address, specs)
+
+    async def _rpm_or_rp(self, d: _Dev, specs) -> list:
+        if d.read_mode != "rp":
+            try:
+                return await self._rpm(d, specs)
+            except BacnetError as e:
+                if e.kind == "timeout" or e.kind == "transport":
+                    raise
+        out = []
+        stack = self.stacks[d.network]
+        for oid, props in specs:
+            for p in props:
+                prop, idx = (p if isinstance(p, (tuple, list)) else (p, None))
+                d.requests += 1
+                self.stats["requests"] += 1
+                try:
+                    out.append((oid, prop, idx, await self.aio.run(stack.read, d.address, oid, prop, idx), None))
+                except BacnetError as e:
+                    if e.kind in ("timeout", "transport"):
+                        raise
+                    out.append((oid, prop, idx, None, f"{e.error_class or e.kind}/{e.reason}"))
+        return out
+
+    async def _poll_rp(self, d: _Dev, objs: list[ObjectRead], ts) -> None:
+        stack = self.stacks[d.network]
+        res = []
+        for o in objs:
+            for prop, idx in o.props():
+                d.requests += 1
+                self.stats["requests"] += 1
+                try:
+                    v = await self.aio.run(stack.read, d.address, o.oid, prop, idx)
+                    res.append((o.oid, prop, idx, v, None))
+                except BacnetError as e:
+                    if e.kind in ("timeout", "transport"):
+                        raise
+                    res.append((o.oid, prop, idx, None, f"{e.error_class or e.kind}/{e.reason}"))
+        self._deliver(d, res, ts)
+
+    def _deliver(self, d: _Dev, res: list, ts) -> None:
+        by_obj: dict[str, dict] = {}
+        for oid, prop, idx, value, err in res:
+            by_obj.setdefault(oid, {})[(prop, idx)] = (value, err)
+        n = 0
+        for oid, props in by_obj.items():
+            o = d.objects.get(oid)
+            if o is None:
+                continue
+            n += self._apply(o, props, ts)
+        d.values += n
+        self.stats["values"] += n
+
+    def _apply(self, o: ObjectRead, props: dict, ts) -> int:
+        """Deliver one object's properties to its points; returns values delivered."""
+        sf = props.get(("status-flags", None))
+        flags = flags_of(sf[0]) if sf and sf[1] is None else ()
+        status = "remote-fault" if "fault" in flags else None
+        n = 0
+        for pid, prop, idx in o.points:
+            got = props.get((prop, idx))
+            if got is None:
+                continue
+            value, err = got
+            if err is not None:
+                self.sink.fault(pid, f"device answered {err}")
+                continue
+            if isinstance(value, list) and idx is None and prop != "present-value":
+                value = str(value)
+            self.sink.update(pid, value, ts=ts, flags=flags if prop == "present-value" else (), status=status)
+            n += 1
+        return n
+
+    # ------------------------------------------------------------------ COV
+    def _cov_mode(self, d: _Dev, o: ObjectRead) -> str:
+        modes = set()
+        for pid, prop, idx in o.points:
+            p = self._point(pid)
+            mode = p.binding.get("cov") or d.s["cov"]
+            if prop != "present-value" or idx is not None:
+                mode = "off"
+            modes.add(mode)
+        if modes == {"object"}:
+            return "object"
+        if modes == {"property"}:
+            return "property"
+        return "off"
+
+    def _point(self, pid: str):
+        dev, name = pid.split("/", 1)
+        return self.config.devices[dev].points[name]
+
+    def _cov_increment(self, o: ObjectRead) -> float | None:
+        for pid, _prop, _idx in o.points:
+            inc = self._point(pid).binding.get("cov_increment")
+            if inc is not None:
+                return inc
+        return None
+
+    async def _subscribe(self, d: _Dev, oid: str, sub: dict, lifetime: int | None) -> None:
+        stack = self.stacks[d.network]
+        d.requests += 1
+        self.stats["requests"] += 1
+        await self.aio.run(partial(stack.subscribe, d.address, d.pid, oid, d.s["cov_confirmed"], lifetime,
+                                   "present-value" if sub["mode"] == "property" else None, sub.get("increment")))
+
+    async def _cov_loop(self, d: _Dev, wanted: dict[str, ObjectRead]) -> None:
+        """Subscribe, renew at ``cov_renew`` x lifetime, watch for silence; poll what is not covered."""
+        s = self.config.settings
+        lifetime = int(d.s["cov_lifetime"])
+        log = self.ctx.device_log(d.id)
+        for oid, o in wanted.items():
+            d.subs[oid] = {"mode": self._cov_mode(d, o), "state": "new", "increment": self._cov_increment(o),
+                           "last": None, "subscribed": None, "notifications": 0, "renewals": 0}
+        while True:
+            t0 = trio.current_time()
+            for oid, sub in d.subs.items():
+                try:
+                    await self._subscribe(d, oid, sub, lifetime)
+                    if sub["state"] in ("active", "pending"):
+                        sub["renewals"] += 1
+                    sub["subscribed"] = trio.current_time()
+                    sub["state"] = "pending" if sub["state"] != "active" else "active"
+                    sub["awaiting"] = True
+                except BacnetError as e:
+                    if e.kind in ("timeout", "transport"):
+                        if sub["state"] == "active":
+                            sub["state"] = "failed"
+                        log.debug("subscribing %s failed: %s", oid, e)
+                    else:
+                        if sub["state"] != "refused":
+                            log.warning("device refused COV on %s (%s): polling it", oid, e)
+                        sub["state"] = "refused"
+            self._show(d)
+            # silence check: every (re)subscription must bring a notification
+            with trio.move_on_after(s["cov_silence"]):
+                while any(sub.get("awaiting") and sub["state"] in ("pending", "active") for sub in d.subs.values()):
+                    await d.cov_event.wait()
+            for oid, sub in d.subs.items():
+                if sub.get("awaiting") and sub["state"] in ("pending", "active"):
+                    log.warning("no COV notification for %s within %gs of subscribing: polling it", oid,
+                                s["cov_silence"])
+                    sub["state"] = "silent"
+                sub["awaiting"] = False
+            self._show(d)
+            await trio.sleep_until(t0 + lifetime * s["cov_renew"])
+
+    def _on_cov(self, net, address, pid, oid, values, confirmed):
+        self.stats["cov_notifications"] += 1
+        d = self.by_pid.get((net, pid))
+        if d is None:
+            return
+        sub = d.subs.get(oid)
+        o = d.objects.get(oid)
+        if o is None or sub is None:
+            return
+        sub["notifications"] += 1
+        sub["last"] = trio.current_time()
+        sub["awaiting"] = False
+        d.cov_event.set()
+        d.cov_event = trio.Event()
+        if sub["state"] in ("pending", "silent", "failed"):
+            sub["state"] = "active"
+            self._show(d)
+        props = {(k, None): (v, None) for k, v in values.items()}
+        n = self._apply(o, props, self.sink.now())
+        d.values += n
+        self.stats["values"] += n
+
+    async def _cancel_all_subscriptions(self) -> None:
+        for d in self.devs.values():
+            for oid, sub in d.subs.items():
+                if sub["state"] in ("active", "pending", "silent"):
+                    try:
+                        await self._subscribe(d, oid, sub, None)
+                        sub["state"] = "cancelled"
+                    except BacnetError:
+                        pass
+
+    # ------------------------------------------------------------------ writes
+    def _dev_of(self, point) -> _Dev:
+        d = self.devs.get(point.device)
+        if d is None:
+            raise WriteError(f"{point.id}: unknown device {point.device!r}", kind="invalid")
+        if d.address is None:
+            raise WriteError(f"{point.id}: device {d.instance} has not been found on network {d.network} yet",
+                             kind="unavailable")
+        return d
+
+    async def write_priority(self, point, value, priority):
+        """WriteProperty at ``priority`` (``None`` writes NULL: relinquish that level), then read back."""
+        d = self._dev_of(point)
+        b = point.binding
+        oid = norm_objid(b["object"])
+        stack = self.stacks[d.network]
+        if isinstance(value, float) and point.kind == "multistate":
+            value = int(value)
+        try:
+            await self.aio.run(partial(stack.write, d.address, oid, b["property"], value, priority, b.get("index")))
+            d.requests += 1
+        except BacnetError as e:
+            kind = {"timeout": "timeout", "transport": "transport", "invalid": "encode"}.get(e.kind, "exception")
+            raise WriteError(f"{point.id}: {e}", kind=kind) from None
+        try:
+            return await self.aio.run(stack.read, d.address, oid, b["property"], b.get("index"))
+        except BacnetError as e:
+            self.ctx.device_log(d.id).warning("read-back of %s failed after the write (%s)", point.id, e)
+            return value
+
+    async def write(self, point, value):
+        """A write without a priority: the point's ``priority``, else the device's ``write_priority``."""
+        d = self._dev_of(point)
+        prio = point.binding.get("priority") or d.s["write_priority"]
+        return await self.write_priority(point, value, prio)
+
+    async def read_priority_array(self, point) -> dict:
+        d = self._dev_of(point)
+        oid = norm_objid(point.binding["object"])
+        res = await self._rpm_or_rp(d, [(oid, ["priority-array", "relinquish-default", "present-value"])])
+        got = {prop: (v, err) for _o, prop, _i, v, err in res}
+        pa, err = got.get("priority-array", (None, "missing"))
+        if err is not None:
+            raise BacnetError("error", f"{oid} has no priority array ({err})")
+        slots = {str(i + 1): v for i, v in enumerate(pa)}
+        active = next((i + 1 for i, v in enumerate(pa) if v is not None), None)
+        return {"point": point.id, "object": oid, "slots": slots,
+                "relinquish_default": got.get("relinquish-default", (None, None))[0],
+                "present_value": got.get("present-value", (None, None))[0], "active_level": active}
+
+    # ------------------------------------------------------------------ monitor
+    async def _monitor_loop(self) -> None:
+        s = self.config.settings
+        cycle = 0
+        while True:
+            await trio.sleep(s["monitor_interval"])
+            cycle += 1
+            await self.monitor_cycle(cycle)
+
+    async def monitor_cycle(self, cycle: int) -> dict:
+        s = self.config.settings
+        t0 = trio.current_time()
+        devs = [d for d in self.devs.values() if d.cfg.enabled and d.cfg.settings.get("monitor", True)
+                and d.network in self.stacks]
+        async with trio.open_nursery() as n:
+            for d in devs:
+                n.start_soon(self._monitor_one, d, t0)
+        responded = [d.id for d in devs if d.last_iam is not None and d.last_iam >= t0]
+        missed, down, changed = [], [], []
+        for d in devs:
+            health = self.sink.health(d.id)
+            if d.id in responded:
+                d.missed = 0
+                if health.is_down:
+                    health.success()
+                continue
+            d.missed += 1
+            missed.append(d.id)
+            if d.missed >= s["monitor_missed"] and not health.is_down:
+                st = health.state
+                st.failures = max(st.failures, health.down_after - 1)
+                health.failure(f"no I-Am for {d.missed} monitor cycles")
+            if health.is_down:
+                down.append(d.id)
+        if s["object_check_cycles"] and cycle % s["object_check_cycles"] == 0:
+            for d in devs:
+                if d.id in responded and await self._check_object_list(d):
+                    changed.append(d.id)
+        new = sorted(f"{k[0]}:{k[1]}" for k in self.new_since_cycle)
+        self.new_since_cycle.clear()
+        self.stats["monitor_cycles"] += 1
+        summary = {"cycle": cycle, "devices": len(devs), "responded": len(responded), "missed": missed,
+                   "down": down, "object_list_changed": changed, "new_devices": new,
+                   "duration": round(trio.current_time() - t0, 3)}
+        self.ctx.emit("DeviceMonitorCycle", None, **summary)
+        return summary
+
+    async def _monitor_one(self, d: _Dev, t0: float) -> None:
+        stack = self.stacks[d.network]
+        with trio.move_on_after(self.config.settings["who_is_timeout"]):
+            try:
+                await self.aio.run(stack.who_is, d.instance, d.instance, d.address)
+            except BacnetError:
+                return
+            while d.last_iam is None or d.last_iam < t0:
+                await d.iam_event.wait()
+
+    async def _check_object_list(self, d: _Dev) -> bool:
+        try:
+            res = await self._rpm_or_rp(d, [(f"device,{d.instance}", [("object-list", 0)])])
+        except BacnetError as e:
+            self.ctx.device_log(d.id).debug("object-list length check failed: %s", e)
+            return False
+        count = res[0][3] if res and res[0][4] is None else None
+        if count is None:
+            return False
+        old = d.object_count
+        d.object_count = count
+        if old is None:
+            await self._learn(d, object_count=count)
+            return False
+        if old == count:
+            return False
+        await self._learn(d, object_count=count)
+        self.ctx.device_log(d.id).warning("object list changed: %d -> %d objects", old, count)
+        self.ctx.emit("ObjectListChanged", d.id, device_instance=d.instance, network=d.network, old=old, new=count)
+        key = f"{d.network}:{d.instance}"
+        try:
+            await self.ctx.gateway.state.discovery_set_status(self.ctx.id, key, "stale")
+        except KeyError:
+            pass
+        return True
+
+    # ------------------------------------------------------------------ device management
+    def device(self, device_id: str) -> _Dev:
+        d = self.devs.get(device_id)
+        if d is None:
+            raise KeyError(device_id)
+        return d
+
+    async def time_sync(self, device_ids: list[str] | None = None) -> dict:
+        out = {}
+        for d in self.devs.values():
+            if device_ids is not None and d.id not in device_ids:
+                continue
+            if not d.address or not d.cfg.enabled:
+                out[d.id] = {"ok": False, "error": "not found yet"}
+                continue
+            try:
+                sent = await self.aio.run(self.stacks[d.network].time_sync, d.address, True)
+                out[d.id] = {"ok": True, "utc": sent}
+            except BacnetError as e:
+                out[d.id] = {"ok": False, "error": str(e)}
+        return out
+
+    async def _time_sync_loop(self) -> None:
+        while True:
+            res = await self.time_sync()
+            self.log.info("time synchronization (UTC) sent to %d device(s)", sum(1 for r in res.values() if r["ok"]))
+            await trio.sleep(self.config.settings["time_sync_interval"])
+
+    async def reinitialize(self, device_id: str, state: str, password: str | None) -> None:
+        d = self.device(device_id)
+        await self.aio.run(self.stacks[d.network].reinitialize, d.address, state, password)
+
+    async def communication_control(self, device_id: str, enable: str, duration: int | None,
+                                    password: str | None) -> None:
+        d = self.device(device_id)
+        await self.aio.run(self.stacks[d.network].communication_control, d.address, enable, duration, password)
+
+    # ------------------------------------------------------------------ discovery
+    async def discover(self, **params: Any) -> dict:
+        from .discovery import discover
+
+        return await discover(self, **params)
+
+    def accept_discovered(self, key: str, data: dict) -> tuple[str, dict]:
+        from .discovery import device_table
+
+        return device_table(key, data)
+
+    def status(self) -> dict:
+        return {**self.stats, "networks": self.net_status,
+                "devices": {d.id: {"requests": d.requests, "values": d.values, "cycles": d.cycles,
+                                   "read_mode": d.read_mode, "batch_cap": d.batch_cap}
+                            for d in self.devs.values()}}
+
+
+def _interface_address(name: str) -> str:
+    import fcntl
+    import socket
+    import struct
+
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        packed = fcntl.ioctl(s.fileno(), 0x8915, struct.pack("256s", name.encode()[:15]))  # SIOCGIFADDR
+        addr = socket.inet_ntoa(packed[20:24])
+        mask = fcntl.ioctl(s.fileno(), 0x891B, struct.pack("256s", name.encode()[:15]))  # SIOCGIFNETMASK
+        prefix = bin(struct.unpack("!I", mask[20:24])[0]).count("1")
+    except OSError as e:
+        raise RuntimeError(f"interface {name!r}: {e.strerror}") from None
+    finally:
+        s.close()
+    return f"{addr}/{prefix}"
+
+
+@hookimpl
+def gatewayd_register(registry):
+    registry.add_driver("bacnet", BacnetDriver)
+
+
+@hookimpl
+def gatewayd_rpc_methods(registry, gateway):
+    from .rpc import register
+
+    register(registry, gateway)
