@@ -24,6 +24,12 @@ WHEEL=$(ls "$WORK"/wheels/gatewayd-*.whl)
 "$PY" -m pip install -q --no-compile --target "$STAGE/usr/lib/gatewayd/site" "gatewayd[$EXTRAS] @ file://$WHEEL"
 rm -rf "$STAGE/usr/lib/gatewayd/site/bin"
 find "$STAGE/usr/lib/gatewayd/site" -name __pycache__ -prune -exec rm -rf {} +
+# what never runs on a box: apsw's bundled sqlite3 command-line tools/extensions (3 MB) and its tests;
+# debug symbols of the extension modules, as dh_strip would (strip of the build root = the target's)
+rm -rf "$STAGE/usr/lib/gatewayd/site/apsw/sqlite_extra_binaries" "$STAGE/usr/lib/gatewayd/site/apsw/tests"
+if command -v strip >/dev/null; then
+    find "$STAGE/usr/lib/gatewayd/site" -name '*.so' -exec strip --strip-unneeded {} +
+fi
 # the Modbus profiles travel with the package
 mkdir -p "$STAGE/usr/share/gatewayd"
 if [ -d "$SRC/profiles" ]; then cp -r "$SRC/profiles" "$STAGE/usr/share/gatewayd/"; fi

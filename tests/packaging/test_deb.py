@@ -35,6 +35,7 @@ def test_contents_control_and_conffiles(deb):
               "/usr/lib/gatewayd/site/gatewayd/daemon.py", "/usr/lib/gatewayd/site/gatewayd_sim/__init__.py"):
         assert p in paths, p
     assert any(re.match(r"/usr/lib/gatewayd/site/gatewayd/native/_native.*\.so$", p) for p in paths)
+    assert not any(p.startswith("/usr/lib/gatewayd/site/apsw/sqlite_extra_binaries") for p in paths)  # trimmed
     assert "root/root" in listing.splitlines()[0]
     ctl = subprocess.run(["dpkg-deb", "-f", deb], capture_output=True, text=True, check=True).stdout
     assert "Package: gatewayd" in ctl and "Depends: python3 (>= 3.11), python3 (<< 3.12)" in ctl
