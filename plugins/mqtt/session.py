@@ -201,7 +201,8 @@ class Session:
         self._connack: tuple[bool, str] | None = None
         self._kick = trio.Event()
         self._drained: list[Callable[[], None]] = []
-        self.bytes_hint = 0
+        #: published before a clean DISCONNECT when the session is cancelled (e.g. the retained "offline")
+        self.farewell: tuple[str, bytes, int, bool] | None = None
 
     # ------------------------------------------------------------------ callbacks (trio thread)
     def _cb_connect(self, client, userdata, flags, reason, properties) -> None:
@@ -321,7 +322,11 @@ class Session:
                     failure = ConnectRefused(f"broker {o.host}:{o.port} refused the connection: {reason}", reason)
                 if failure is None:
                     task_status.started(self)
-                    await self.lost.wait()
+                    try:
+                        await self.lost.wait()
+                    except trio.Cancelled:  # stopping: say goodbye (no Last Will for a clean stop)
+                        await self.goodbye(self.farewell)
+                        raise
                 n.cancel_scope.cancel()
             if failure is not None:
                 self.error = str(failure)
