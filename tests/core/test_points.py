@@ -221,3 +221,33 @@ def test_coerce_written_values(kind, value, expected):
 def test_coerce_rejects_bad_values(kind, value):
     with pytest.raises(PointError):
         coerce_value(kind, value, ("off", "heating", "cooling"))
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["a", "b", "c", "s"]),
+                          st.one_of(st.floats(-1e6, 1e6), st.integers(-1000, 1000), st.booleans(), st.just("x"))),
+                max_size=40),
+       st.lists(st.sampled_from(["ok", "down"]), max_size=40))
+def test_ingest_many_fast_path_equals_ingest(seq, dev_status):
+    cfgs = [pc("a"), pc("b", cov_deadband=0.5, scale=0.1, unit="°C", convert="°C => °F"), pc("c", kind="binary"),
+            pc("s", kind="string")]
+    t1, s1, k1 = make_table([pc(c.name, **{f: getattr(c, f) for f in ("kind", "cov_deadband", "scale", "unit",
+                                                                      "convert")}) for c in cfgs])
+    t2, s2, k2 = make_table(cfgs)
+    for i, (name, raw) in enumerate(seq):
+        if i < len(dev_status) and i % 7 == 3:
+            k1.device_status("dev", dev_status[i])
+            k2.device_status("dev", dev_status[i])
+        t1.ingest(f"dev/{name}", raw, 5.0)
+        t2.ingest_many([(f"dev/{name}", raw)], 5.0)
+    import dataclasses
+    e1, e2 = s1.get_nowait(10_000) if s1.pending() else [], s2.get_nowait(10_000) if s2.pending() else []
+    # status events carry the wall clock of the moment; compare what they say
+    assert [dataclasses.replace(e, ts=0) for e in e1] == [dataclasses.replace(e, ts=0) for e in e2]
+    for pid in t1.points:
+        a, b = t1.get(pid), t2.get(pid)
+        assert (a.value, a.status, a.reported_status, a.reason) == (b.value, b.status, b.reported_status, b.reason)
