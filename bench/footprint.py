@@ -1,12 +1,14 @@
 """Footprint: installed size (Modbus+MQTT set vs everything), idle RSS, exec -> READY time.
 
-Installs the payload exactly as the .deb does (pip --target) for two extras sets and
-measures the trees; runs `gatewayd run` on the packaged default configuration (no
-devices) and on the embedded demo site, and reports RSS after 5 s idle and the
-time from exec to READY=1 (sd_notify). Prints figures; asserts nothing.
+Builds the .deb for two extras sets (packaging/debian/build-deb.sh; without dpkg-deb,
+installs the payload with pip --target) and reports Installed-Size and .deb size; runs
+`gatewayd run` on the packaged default configuration (no devices) and on the embedded
+demo site, and reports RSS after 5 s idle and the time from exec to READY=1 (sd_notify).
+Prints figures; asserts nothing.
 """
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -29,10 +31,20 @@ def tree_size(path):
 
 
 def payload_size(extras, wheel, tmp):
+    """(installed MB, .deb MB or None): the real package when dpkg-deb is there, else pip --target."""
+    if shutil.which("dpkg-deb"):
+        out = os.path.join(tmp, f"deb-{extras.replace(',', '-')}")
+        r = subprocess.run(["bash", os.path.join(ROOT, "packaging", "debian", "build-deb.sh"), out],
+                           env={**os.environ, "PYTHON": sys.executable, "GATEWAYD_EXTRAS": extras},
+                           capture_output=True, text=True, check=True)
+        deb = r.stdout.strip().splitlines()[-1]
+        kib = int(subprocess.run(["dpkg-deb", "-f", deb, "Installed-Size"], capture_output=True, text=True,
+                                 check=True).stdout)
+        return kib * 1024 / 1e6, os.path.getsize(deb) / 1e6
     target = os.path.join(tmp, f"site-{extras.replace(',', '-')}")
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-compile", "--target", target,
                     f"gatewayd[{extras}] @ file://{wheel}"], check=True)
-    return tree_size(target) / 1e6
+    return tree_size(target) / 1e6, None
 
 
 def rss_mb(pid):
@@ -62,10 +74,10 @@ def main():
     with tempfile.TemporaryDirectory(prefix="gwfoot-") as tmp:
         subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", tmp, ROOT], check=True)
         wheel = next(os.path.join(tmp, f) for f in os.listdir(tmp) if f.endswith(".whl"))
-        small = payload_size("modbus,mqtt", wheel, tmp)
-        full = payload_size("all", wheel, tmp)
-        print(f"installed payload, Modbus+MQTT : {small:7.1f} MB")
-        print(f"installed payload, everything  : {full:7.1f} MB   (ratio x{full / small:.2f})")
+        (small, small_deb), (full, full_deb) = payload_size("modbus,mqtt", wheel, tmp), payload_size("all", wheel, tmp)
+        deb = (lambda mb: f", .deb {mb:5.1f} MB" if mb else " (pip --target, no dpkg-deb)")
+        print(f"installed, Modbus+MQTT : {small:7.1f} MB{deb(small_deb)}")
+        print(f"installed, everything  : {full:7.1f} MB{deb(full_deb)}   (ratio x{full / small:.2f})")
         empty = run_site("empty", "", tmp)
         with open(os.path.join(ROOT, "etc", "gatewayd.toml")) as fh:
             demo_body = fh.read().split("# ---------------------------------------------------------------- simulated devices")[1]
