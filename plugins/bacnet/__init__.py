@@ -197,6 +197,7 @@ class BacnetDriver(Driver):
         self.seen: dict[tuple[str, int], dict] = {}
         self.listeners: list = []
         self.new_since_cycle: set = set()
+        self._changed = trio.Event()
         self.stats = {"requests": 0, "values": 0, "cov_notifications": 0, "i_ams": 0, "errors": 0,
                       "timeouts": 0, "monitor_cycles": 0}
         s = self.config.settings
@@ -207,6 +208,19 @@ class BacnetDriver(Driver):
             self.devs[dev.id] = d
             self.by_pid[(net, d.pid)] = d
             self.by_inst[(net, d.instance)] = d
+
+    def _bump(self) -> None:
+        """Something observable changed (a cycle, a notification, a subscription round)."""
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def until(self, predicate, timeout: float = 10.0, what: str = "") -> None:
+        """Wait (event-driven) until ``predicate()`` holds; for tests and the bench."""
+        with trio.move_on_after(timeout):
+            while not predicate():
+                await self._changed.wait()
+            return
+        raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
 
     def settings(self, dev) -> dict:
         out = dict(DRIVER_DEFAULTS)
@@ -269,13 +283,13 @@ class BacnetDriver(Driver):
                         nursery.start_soon(self._time_sync_loop)
             finally:
                 with trio.CancelScope(shield=True):
-                    with trio.move_on_after(3):
-                        await self._cancel_all_subscriptions()
-                    for stack in self.stacks.values():
-                        try:
+                    try:
+                        with trio.move_on_after(3):
+                            await self._cancel_all_subscriptions()
+                        for stack in self.stacks.values():
                             await self.aio.run_sync(stack.close)
-                        except Exception:  # closing anyway
-                            self.log.debug("closing a network failed", exc_info=True)
+                    except RuntimeError:  # the bridge is already gone (the whole gateway is failing)
+                        self.log.debug("asyncio bridge closed before the networks", exc_info=True)
 
     # ------------------------------------------------------------------ unsolicited traffic
     async def _pump(self, inbox):
@@ -441,7 +455,7 @@ class BacnetDriver(Driver):
                 n.start_soon(self._cov_loop, d, cov_wanted)
             next_t = trio.current_time()
             while True:
-                objs = [o for oid, o in d.objects.items() if d.subs.get(oid, {}).get("state") != "active"]
+                objs = self._poll_set(d)
                 delay = None
                 if objs:
                     try:
@@ -453,6 +467,7 @@ class BacnetDriver(Driver):
                         delay = health.failure(f"{e.kind}: {e.reason}")
                         self.ctx.device_log(d.id).debug("poll failed (%s), retry in %.1fs", e, delay)
                 d.cycles += 1
+                self._bump()
                 if delay is not None:
                     await trio.sleep(min(delay, max(d.s["poll_interval"], 2.0)))
                     next_t = trio.current_time()
@@ -591,18 +606,23 @@ class BacnetDriver(Driver):
 
     # ------------------------------------------------------------------ COV
     def _cov_mode(self, d: _Dev, o: ObjectRead) -> str:
-        modes = set()
-        for pid, prop, idx in o.points:
-            p = self._point(pid)
-            mode = p.binding.get("cov") or d.s["cov"]
-            if prop != "present-value" or idx is not None:
-                mode = "off"
-            modes.add(mode)
-        if modes == {"object"}:
-            return "object"
-        if modes == {"property"}:
-            return "property"
-        return "off"
+        """How an object's present-value is subscribed (its other properties are always polled)."""
+        modes = {self._point(pid).binding.get("cov") or d.s["cov"]
+                 for pid, prop, idx in o.points if prop == "present-value" and idx is None}
+        return modes.pop() if len(modes) == 1 else "off"
+
+    @staticmethod
+    def _poll_set(d: _Dev) -> list[ObjectRead]:
+        """What a poll cycle reads: everything but the present-values an active subscription covers."""
+        out = []
+        for oid, o in d.objects.items():
+            if d.subs.get(oid, {}).get("state") != "active":
+                out.append(o)
+                continue
+            rest = [pt for pt in o.points if not (pt[1] == "present-value" and pt[2] is None)]
+            if rest:
+                out.append(ObjectRead(oid, rest))
+        return out
 
     def _point(self, pid: str):
         dev, name = pid.split("/", 1)
@@ -633,15 +653,21 @@ class BacnetDriver(Driver):
         while True:
             t0 = trio.current_time()
             for oid, sub in d.subs.items():
+                # the device may notify before its ack reaches us: expect the notification first
+                sub["awaiting"] = True
                 try:
                     await self._subscribe(d, oid, sub, lifetime)
                     if sub["state"] in ("active", "pending"):
                         sub["renewals"] += 1
                     sub["subscribed"] = trio.current_time()
-                    sub["state"] = "pending" if sub["state"] != "active" else "active"
-                    sub["awaiting"] = True
-                except BacnetError as e:
-                    if e.kind in ("timeout", "transport"):
+                    if sub["state"] != "active":
+                        sub["state"] = "pending" if sub["awaiting"] else "active"
+                except (BacnetError, TypeError, ValueError) as e:
+                    sub["awaiting"] = False
+                    if not isinstance(e, BacnetError):  # could not even encode the request: poll it
+                        log.error("cannot subscribe to %s: %s", oid, e)
+                        sub["state"] = "refused"
+                    elif e.kind in ("timeout", "transport"):
                         if sub["state"] == "active":
                             sub["state"] = "failed"
                         log.debug("subscribing %s failed: %s", oid, e)
@@ -661,6 +687,7 @@ class BacnetDriver(Driver):
                     sub["state"] = "silent"
                 sub["awaiting"] = False
             self._show(d)
+            self._bump()
             await trio.sleep_until(t0 + lifetime * s["cov_renew"])
 
     def _on_cov(self, net, address, pid, oid, values, confirmed):
@@ -678,12 +705,15 @@ class BacnetDriver(Driver):
         d.cov_event.set()
         d.cov_event = trio.Event()
         if sub["state"] in ("pending", "silent", "failed"):
+            if sub["state"] == "silent":
+                self.ctx.device_log(d.id).info("COV notifications for %s resumed", oid)
             sub["state"] = "active"
             self._show(d)
         props = {(k, None): (v, None) for k, v in values.items()}
         n = self._apply(o, props, self.sink.now())
         d.values += n
         self.stats["values"] += n
+        self._bump()
 
     async def _cancel_all_subscriptions(self) -> None:
         for d in self.devs.values():
@@ -790,6 +820,7 @@ class BacnetDriver(Driver):
                    "down": down, "object_list_changed": changed, "new_devices": new,
                    "duration": round(trio.current_time() - t0, 3)}
         self.ctx.emit("DeviceMonitorCycle", None, **summary)
+        self._bump()
         return summary
 
     async def _monitor_one(self, d: _Dev, t0: float) -> None:

@@ -359,7 +359,8 @@ class Stack:
             req.issueConfirmedNotifications = bool(confirmed)
             req.lifetime = int(lifetime)
         if prop:
-            req.monitoredPropertyIdentifier = PropertyReference(propertyIdentifier=PropertyIdentifier(prop))
+            # the APDU's element is primitivedata.PropertyReference, which takes the name (or (name, index))
+            req.monitoredPropertyIdentifier = prop
             if increment is not None:
                 req.covIncrement = Real(increment)
         await self._request(req)

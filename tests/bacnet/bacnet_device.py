@@ -12,6 +12,7 @@ from stdin, one per line, answering ``OK`` (or ``ERR <reason>``):
     flags <type>,<instance> <a> <f> <o> <s>   status-flags in-alarm fault (overridden: ignored) out-of-service
     add <type>,<instance>             add an object (object-list grows)
     pa <type>,<instance>              print the priority array as JSON
+    subs                              number of active COV subscriptions (object and property)
     quit
 
 Test code, not part of gatewayd; it supports SubscribeCOV (bacpypes3's own) and
@@ -81,6 +82,7 @@ class TestApp(Application):
 
     no_rpm = False
     no_cov = False
+    cov_silent = False
 
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
@@ -111,7 +113,13 @@ class TestApp(Application):
         if key in self.prop_subs:
             self.notify_property(key, force=True)
 
+    def cov_notification(self, cov, apdu):
+        if not self.cov_silent:
+            super().cov_notification(cov, apdu)
+
     def notify_property(self, key, force=False):
+        if self.cov_silent:
+            return
         addr, proc, objid = key
         confirmed, inc, last = self.prop_subs[key]
         obj = self.get_object_id(objid)
@@ -147,7 +155,7 @@ def build(args) -> TestApp:
         systemStatus="operational", databaseRevision=1,
     )
     app = TestApp()
-    app.no_rpm, app.no_cov = args.no_rpm, args.no_cov
+    app.no_rpm, app.no_cov, app.cov_silent = args.no_rpm, args.no_cov, args.cov_silent
     app.asap = ApplicationServiceAccessPoint(device, app.device_info_cache)
     app.nsap = NetworkServiceAccessPoint()
     app.nse = NetworkServiceElement()
@@ -177,6 +185,9 @@ async def command(app: TestApp, line: str) -> str:
     cmd = parts[0]
     if cmd == "quit":
         raise SystemExit(0)
+    if cmd == "subs":
+        n = sum(len(det.cov_subscriptions) for det in app._cov_detections.values()) + len(app.prop_subs)
+        return f"SUBS {n}"
     objid = ObjectIdentifier(parts[1])
     if cmd == "add":
         app.add_object(make_object(str(objid[0]), objid[1], "added"))
@@ -220,6 +231,7 @@ async def main() -> None:
     p.add_argument("--segmentation", choices=("none", "both"), default="both")
     p.add_argument("--no-rpm", action="store_true")
     p.add_argument("--no-cov", action="store_true")
+    p.add_argument("--cov-silent", action="store_true", help="accept COV subscriptions, never notify")
     p.add_argument("--bbmd", action="store_true")
     p.add_argument("--foreign", default=None)
     p.add_argument("--ttl", type=int, default=30)

@@ -86,7 +86,7 @@ class Device:
 
 
 def bacnet_site(devs, *, extra_driver: str = "", device_extra: str = "", points: str | None = None,
-                port: int | None = None, local: str = "127.0.0.1") -> str:
+                port: int | None = None, local: str = "127.0.0.1", poll: str = "200ms") -> str:
     """A gatewayd TOML with one bacnet driver ``bac`` on loopback and the given devices."""
     port = port or free_udp_port()
     out = [f"""
@@ -96,7 +96,7 @@ server_device_instance = 599
 apdu_timeout = "300ms"
 apdu_retries = 1
 who_is_timeout = "500ms"
-poll_interval = "200ms"
+poll_interval = "{poll}"
 {extra_driver}
 [drivers.bac.networks.main]
 address = "{local}"
