@@ -62,7 +62,9 @@ async def serve_unix(path: str, registry: Any, role_map: RoleMap, *, mode: int =
         await sock.bind(path)
         os.chmod(path, mode)  # explicit: the process umask (UMask=0077) must not decide
         if group:
-            os.chown(path, -1, grp.getgrnam(group).gr_gid)
+            gid = grp.getgrnam(group).gr_gid
+            if os.stat(path).st_gid != gid:  # usually already right (the service's own group): no chown needed
+                os.chown(path, -1, gid)
         sock.listen(64)
         listener = trio.SocketListener(sock)
         task_status.started()
