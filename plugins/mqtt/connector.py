@@ -32,7 +32,7 @@ import trio
 from gatewayd.plugin import (Bool, Connector, Duration, Enum, Int, Key, List, PointError, Schema, SecretStr, Str,
                              Table, WriteError)
 
-from .session import ConnectRefused, ConnectionLost, MqttError, Session, SessionOptions
+from .session import ConnectionLost, MqttError, Session, SessionOptions
 from .topics import Filters, Template, check_template, dumps, rfc3339, value_body
 
 __all__ = ["MqttConnector", "SETTINGS_SCHEMA"]
@@ -171,11 +171,11 @@ class MqttConnector(Connector):
 
     @classmethod
     def validate_config(cls, config):
-        s = config.settings
-        c = s["commands"]
-        if c["enabled"] and not c["allow"]:
+        s = config.settings  # keys that failed validation are missing here
+        c = s.get("commands") or {}
+        if c.get("enabled") and not c.get("allow"):
             yield ("commands", "allow"), "commands.enabled needs an allow-list of point globs (commands.allow)"
-        tls = s["tls"]
+        tls = s.get("tls")
         if tls:
             for k in ("ca", "cert", "key"):
                 f = tls.get(k)
@@ -183,11 +183,11 @@ class MqttConnector(Connector):
                     yield ("tls", k), f"cannot read tls.{k} file {f!r}"
             if tls.get("key") and not tls.get("cert"):
                 yield ("tls", "key"), "tls.key needs tls.cert"
-        if s["password"] is not None and s["username"] is None:
+        if s.get("password") is not None and s.get("username") is None:
             yield ("password",), "password needs username"
-        if s["reconnect_max"] < s["reconnect_min"]:
+        if s.get("reconnect_max", 60) < s.get("reconnect_min", 1):
             yield ("reconnect_max",), "reconnect_max must be >= reconnect_min"
-        if s["bemcom"]["enabled"] and s["batch"]:
+        if (s.get("bemcom") or {}).get("enabled") and s.get("batch"):
             yield ("batch",), "batch mode does not apply to the BEMCom contract (one topic per datapoint)"
 
     def __init__(self, ctx) -> None:

@@ -84,3 +84,61 @@ async def test_broker_stop_is_noticed(broker):
         with trio.fail_after(5):
             await s.lost.wait()
     assert s.error
+
+
+def _publish_packet(topic: bytes, payload: bytes) -> bytes:
+    body = len(topic).to_bytes(2, "big") + topic + payload
+    assert len(body) < 128
+    return bytes([0x30, len(body)]) + body
+
+
+async def test_tls_packets_buffered_in_ssl_object(tmp_path):
+    """CONNACK and 20 PUBLISHes in ONE TLS record: after paho has read the CONNACK, the
+    PUBLISHes sit decrypted inside the SSL object; the kernel buffer is empty, so only
+    ``pending()`` tells the reader to go on."""
+    import socket
+    import ssl
+    import threading
+
+    from test_tls import make_pki
+
+    d = tmp_path / "pki"
+    d.mkdir()
+    pki = make_pki(d)
+    srv_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    srv_ctx.load_cert_chain(*pki["server"])
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    release = threading.Event()
+
+    def serve():
+        conn, _ = listener.accept()
+        with srv_ctx.wrap_socket(conn, server_side=True) as tls:
+            tls.recv(1024)  # CONNECT
+            burst = b"\x20\x02\x00\x00" + b"".join(_publish_packet(b"t/x", b"%d" % i) for i in range(20))
+            tls.sendall(burst)  # one write -> one TLS record
+            release.wait(10)
+
+    th = threading.Thread(target=serve, daemon=True)
+    th.start()
+    got: list[bytes] = []
+    twenty = trio.Event()
+
+    def on_message(msg):
+        got.append(msg.payload)
+        if len(got) == 20:
+            twenty.set()
+
+    ctx = ssl.create_default_context(cafile=pki["ca"])
+    s = Session(opts(port, ssl_context=ctx, keepalive=60), on_message=on_message, log=log)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(s.run)
+            with trio.fail_after(3):
+                await twenty.wait()
+            nursery.cancel_scope.cancel()
+    finally:
+        release.set()
+        th.join(5)
+        listener.close()
+    assert got == [b"%d" % i for i in range(20)]
