@@ -118,7 +118,7 @@ class BacnetDriver(Driver):
         "apdu_timeout": Key(Duration(min=0.05, max=60), 3.0, "per try of a confirmed request"),
         "apdu_retries": Key(Int(min=0, max=10), 2),
         "who_is_timeout": Key(Duration(min=0.05, max=60), 3.0, "how long to collect I-Ams"),
-        "monitor_interval": Key(Duration(min=0.05), 300.0, "Who-Is to every known device this often (0: off)"),
+        "monitor_interval": Key(Duration(min=0), 300.0, "Who-Is to every known device this often (0: off)"),
         "monitor_missed": Key(Int(min=1, max=100), 2, "missed monitor cycles before DeviceDown"),
         "object_check_cycles": Key(Int(min=0, max=10000), 6, "compare object-list length every N monitor "
                                                               "cycles (0: never)"),

@@ -13,6 +13,9 @@ from stdin, one per line, answering ``OK`` (or ``ERR <reason>``):
     add <type>,<instance>             add an object (object-list grows)
     pa <type>,<instance>              print the priority array as JSON
     subs                              number of active COV subscriptions (object and property)
+    status                            what ReinitializeDevice / DeviceCommunicationControl / UTC time sync did
+    iam <host:port>                   send an I-Am there
+    read <host:port> <type>,<inst> <property>   ReadProperty from another device
     quit
 
 Test code, not part of gatewayd; it supports SubscribeCOV (bacpypes3's own) and
@@ -39,7 +42,7 @@ from bacpypes3.local.analog import AnalogInputObject, AnalogOutputObject, Analog
 from bacpypes3.local.binary import BinaryInputObject, BinaryOutputObject, BinaryValueObjectCmd
 from bacpypes3.local.device import DeviceObject
 from bacpypes3.local.multistate import MultiStateInputObject, MultiStateOutputObject, MultiStateValueObject
-from bacpypes3.pdu import IPv4Address
+from bacpypes3.pdu import Address, IPv4Address
 from bacpypes3.primitivedata import ObjectIdentifier
 
 KINDS = ["analog-input", "analog-output", "analog-value", "binary-input", "binary-output", "binary-value",
@@ -87,6 +90,7 @@ class TestApp(Application):
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
         self.prop_subs = {}  # (addr, proc, objid) -> (confirmed, increment, last)
+        self.log = {}  # what device management requests did
 
     async def do_ReadPropertyMultipleRequest(self, apdu):
         if self.no_rpm:
@@ -112,6 +116,22 @@ class TestApp(Application):
         await self.response(SimpleAckPDU(context=apdu))
         if key in self.prop_subs:
             self.notify_property(key, force=True)
+
+    async def do_ReinitializeDeviceRequest(self, apdu):
+        if apdu.password != "secret":
+            raise ExecutionError(errorClass="security", errorCode="passwordFailure")
+        self.log["reinitialize"] = str(apdu.reinitializedStateOfDevice)
+        await self.response(SimpleAckPDU(context=apdu))
+
+    async def do_DeviceCommunicationControlRequest(self, apdu):
+        if apdu.password != "secret":
+            raise ExecutionError(errorClass="security", errorCode="passwordFailure")
+        self.log["dcc"] = str(apdu.enableDisable)
+        self.log["dcc_minutes"] = apdu.timeDuration
+        await self.response(SimpleAckPDU(context=apdu))
+
+    async def do_UTCTimeSynchronizationRequest(self, apdu):
+        self.log["utc_time_sync"] = str(apdu.time)
 
     def cov_notification(self, cov, apdu):
         if not self.cov_silent:
@@ -185,6 +205,14 @@ async def command(app: TestApp, line: str) -> str:
     cmd = parts[0]
     if cmd == "quit":
         raise SystemExit(0)
+    if cmd == "status":
+        return "STATUS " + json.dumps(app.log, default=str)
+    if cmd == "iam":
+        app.i_am(address=Address(parts[1]))
+        return "OK"
+    if cmd == "read":
+        value = await app.read_property(Address(parts[1]), ObjectIdentifier(parts[2]), parts[3])
+        return f"VALUE {value}"
     if cmd == "subs":
         n = sum(len(det.cov_subscriptions) for det in app._cov_detections.values()) + len(app.prop_subs)
         return f"SUBS {n}"
