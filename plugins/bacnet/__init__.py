@@ -38,6 +38,7 @@ NETWORK_SCHEMA = Schema({
     "interface": Key(Str(), None, "take the address of this interface when 'address' is not set"),
     "bbmd_addr": Key(Str(), None, "foreign mode: the BBMD, \"host\" or \"host:port\""),
     "ttl": Key(Int(min=10, max=65535), 300, "foreign mode: registration time-to-live in seconds"),
+    "reregister_at": Key(Float(min=0.1, max=0.95), 0.75, "foreign mode: re-register at this fraction of ttl"),
 })
 
 _DEVICE_COMMON = {
@@ -247,7 +248,7 @@ class BacnetDriver(Driver):
             stack = await self.aio.run_sync(partial(
                 Stack, name, n["mode"], addr, s["server_device_instance"], s["server_device_name"],
                 int(s["apdu_timeout"] * 1000), s["apdu_retries"], send, bbmd=bbmd, ttl=n["ttl"],
-                renew=s["cov_renew"]))
+                renew=n["reregister_at"]))
         except BacnetError as e:
             raise RuntimeError(f"network {name}: {e.reason}") from None
         self.stacks[name] = stack
@@ -347,12 +348,14 @@ class BacnetDriver(Driver):
             st["registration"] = "registered"
             st["registered_at"] = time.time()
             st["registrations"] = st.get("registrations", 0) + 1
+            st.pop("registration_error", None)
         else:
             reason = "expired" if status == "expired" else f"refused by the BBMD (result code {status:#06x})"
             st["registration"] = "failed"
             st["registration_error"] = reason
             self.log.error("network %s: foreign-device registration %s", net, reason)
             self.ctx.emit("ForeignRegistrationFailed", None, network=net, bbmd=st.get("bbmd"), reason=reason)
+        self._bump()
 
     async def _watch_registration(self, net):
         """Report a BBMD that never answers (bacpypes3 keeps retrying by itself)."""
