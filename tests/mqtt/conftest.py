@@ -186,13 +186,16 @@ class Subscriber:
         deadline = time.monotonic() + timeout
 
         def wait():
-            with self.cond:
-                while not predicate(self.messages):
+            while True:
+                with self.cond:
+                    if predicate(self.messages):
+                        return True
                     left = deadline - time.monotonic()
                     if left <= 0:
                         return False
                     self.cond.wait(min(left, 0.5))
-                return True
+                # a burst wakes us per message: evaluate the predicate at most ~50 times a second
+                time.sleep(0.02)
 
         ok = await trio.to_thread.run_sync(wait, abandon_on_cancel=True)
         if not ok:

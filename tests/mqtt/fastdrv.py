@@ -40,7 +40,10 @@ class FastDriver(Driver):
         self.done = trio.Event()
 
     def produce(self, n: int) -> None:
+        """Produce ``n`` more values; ``done`` is set again once they are all reported."""
         self.budget += n
+        if self.done.is_set():
+            self.done = trio.Event()
         self.wake.set()
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED):
@@ -55,7 +58,6 @@ class FastDriver(Driver):
                 self.wake = trio.Event()
                 await self.wake.wait()
                 continue
-            self.done = trio.Event() if self.done.is_set() else self.done
             m = min(s["per_cycle"], self.budget)
             ts = self.sink.now()
             k0 = self.k

@@ -129,7 +129,7 @@ async def test_outage_30s_10000_values(tmp_path, broker, subscriber_factory, plu
         with trio.fail_after(30):
             while (st := await connector_status(gw))["outbox"]["backlog"]:
                 await trio.sleep(0.05)
-        msgs = await sub.wait_for(lambda ms: any(json.loads(p)["value"] == 12_000 for _t, p, _r, _q in ms), 10)
+        msgs = await sub.wait_for(lambda ms: any(b'"value":12000,' in p for _t, p, _r, _q in ms), 10)
     dups = check_complete_in_order(counters(msgs), 12_000, start=2001)
     assert dups <= 1000  # at most the in-flight window is sent twice
 
@@ -157,3 +157,59 @@ async def test_auth_ok_with_password_file(tmp_path, broker_factory, subscriber_f
         await wait_connected(gw)
         driver(gw).produce(10)
         await sub.wait_count(10, lambda t: t.endswith("/value"))
+
+
+async def test_outbox_cap_drops_oldest_and_counts(tmp_path, broker, subscriber_factory, plugin_path):
+    text = site(broker.port, points=50, connector="qos = 1", outbox='max_bytes = "8KiB"',
+                driver="per_cycle = 1000\ninterval = \"20ms\"")
+    async with run_gateway(tmp_path, text) as gw:
+        await wait_connected(gw)
+        broker.stop()
+        with trio.fail_after(10):
+            while gw.connectors["up"].instance.state == "connected":
+                await trio.sleep(0.02)
+        driver(gw).produce(30_000)
+        with trio.fail_after(20):
+            await driver(gw).done.wait()
+        with trio.fail_after(10):
+            while not (await connector_status(gw))["outbox"]["dropped"]:
+                await trio.sleep(0.05)
+        broker.start()
+        sub = subscriber_factory(broker.port, "gatewayd/+/+/+/value")
+        with trio.fail_after(20):
+            while (st := await connector_status(gw))["outbox"]["backlog"]:
+                await trio.sleep(0.05)
+        dropped = st["outbox"]["dropped"]
+        assert dropped > 0
+        assert st["connection"] == "connected"
+        driver(gw).produce(100)
+        msgs = await sub.wait_for(lambda ms: any(b'"value":30100,' in p for _t, p, _r, _q in ms), 10)
+        ks = sorted(k for _p, k in counters(msgs))
+        # the newest survived (drop OLDEST); what was dropped never arrives
+        assert 30_000 in ks and 1 not in ks
+        assert len(set(k for k in ks if k <= 30_000)) <= 30_000 - dropped + 1000
+
+
+async def test_hot_reload_keeps_cursor(tmp_path, broker, subscriber_factory, plugin_path):
+    sub = subscriber_factory(broker.port, "#")
+    text = site(broker.port, points=10, connector="qos = 1", driver="per_cycle = 20\ninterval = \"5ms\"")
+    async with run_gateway(tmp_path, text) as gw:
+        await wait_connected(gw)
+        old = gw.connectors["up"].instance
+        driver(gw).produce(4000)
+        await sub.wait_count(500, lambda t: t.endswith("/value"))
+        with open(gw.config.path) as fh:
+            conf = fh.read()
+        with open(gw.config.path, "w") as fh:
+            fh.write(conf + '\n[connectors.up.topics]\nvalue = "v2/{device}/{point}/value"\n')
+        res = await gw.reload("test")
+        assert res["ok"] and "connector up restarted" in res["changed"], res
+        assert gw.connectors["up"].instance is not old
+        with trio.fail_after(20):
+            await driver(gw).done.wait()
+        msgs = await sub.wait_for(lambda ms: any(b'"value":4000,' in p for _t, p, _r, _q in ms), 20)
+        assert any(t.startswith("v2/") for t, *_ in msgs) and any(t.startswith("gatewayd/") for t, *_ in msgs)
+        pairs = [(t.split("/")[-3] + "/" + t.split("/")[-2], json.loads(p)["value"])
+                 for t, p, _r, _q in msgs if t.endswith("/value")]
+        dups = check_complete_in_order(pairs, 4000)
+        assert dups <= 1000
