@@ -51,10 +51,12 @@ _DEVICE_COMMON = {
                                                     "unless you say so)"),
     "read_mode": Key(Enum("auto", "rpm", "rp"), None, "auto: RPM, falling back to ReadProperty when refused"),
     "rpm_max_objects": Key(Int(min=1, max=1000), None, "objects per ReadPropertyMultiple at most (default 100)"),
+    "rpm_segments": Key(Int(min=1, max=64), None, "segments an answer may take when the device can segment "
+                                                  "(default 1: more, unsegmented requests)"),
 }
 
 DRIVER_DEFAULTS = {"poll_interval": 5.0, "cov": "off", "cov_lifetime": 300.0, "cov_confirmed": False,
-                   "write_priority": 16, "read_mode": "auto", "rpm_max_objects": 100}
+                   "write_priority": 16, "read_mode": "auto", "rpm_max_objects": 100, "rpm_segments": 1}
 
 _OBJ_RE = re.compile(r"^[a-z][a-z0-9-]*[,:]\d+$")
 
@@ -199,7 +201,7 @@ class BacnetDriver(Driver):
         self.listeners: list = []
         self.new_since_cycle: set = set()
         self._changed = trio.Event()
-        self.stats = {"requests": 0, "values": 0, "cov_notifications": 0, "i_ams": 0, "errors": 0,
+        self.stats = {"requests": 0, "values": 0, "properties": 0, "cov_notifications": 0, "i_ams": 0, "errors": 0,
                       "timeouts": 0, "monitor_cycles": 0}
         s = self.config.settings
         nets = s.get("networks") or {}
@@ -494,7 +496,8 @@ class BacnetDriver(Driver):
         if d.read_mode == "rp":
             await self._poll_rp(d, objs, ts)
             return
-        batches = plan_batches(objs, d.max_apdu or 480, self._seg_can_send(d), d.batch_cap)
+        batches = plan_batches(objs, d.max_apdu or 480, self._seg_can_send(d), d.batch_cap,
+                               max_segments=d.s["rpm_segments"])
         queue = list(batches)
         while queue:
             b = queue.pop(0)
@@ -575,6 +578,7 @@ class BacnetDriver(Driver):
         self._deliver(d, res, ts)
 
     def _deliver(self, d: _Dev, res: list, ts) -> None:
+        self.stats["properties"] += len(res)
         by_obj: dict[str, dict] = {}
         for oid, prop, idx, value, err in res:
             by_obj.setdefault(oid, {})[(prop, idx)] = (value, err)

@@ -46,7 +46,7 @@ def test_plan_respects_max_apdu():
     assert sum(len(b.objects) for b in small) == 50 and len(small) >= 3
     unseg = plan_batches(objs * 3, 1476, False, 1000)  # the answer must fit our 1476 octets unsegmented
     assert all(sum(response_size(o) for o in b.objects) <= 1472 for b in unseg) and len(unseg) >= 3
-    seg = plan_batches(objs * 3, 1476, True, 1000)
+    seg = plan_batches(objs * 3, 1476, True, 1000, max_segments=8)
     assert len(seg) < len(unseg)  # now only the request size limits
     capped = plan_batches(objs, 1476, True, 10)
     assert len(capped) == 5
@@ -69,12 +69,14 @@ kind = "{kind}"
 
 async def test_small_apdu_batches_and_segmentation_refused(tmp_path, devices):
     # small: max APDU 206, the requests must be split. nosegs: cannot segment, but the config
-    # claims it can (segmentation = "both"), so the first 90-object request gets an abort
+    # claims it can (segmentation = "both", answers of up to 8 segments), so the first
+    # 90-object request gets an abort
     # "segmentation not supported"; the driver halves the batch in the same cycle and remembers.
     small = devices(1101, 45, "--max-apdu", "206", "--segmentation", "none")
     nosegs = devices(1102, 90, "--segmentation", "none")
     site = bacnet_site([small, nosegs], points=lambda d: _many_points(d.objects))
-    site = site.replace('[drivers.bac.devices.dev1102]\n', '[drivers.bac.devices.dev1102]\nsegmentation = "both"\n')
+    site = site.replace('[drivers.bac.devices.dev1102]\n', '[drivers.bac.devices.dev1102]\nsegmentation = "both"\n'
+                                                                 'rpm_segments = 8\n')
     async with run_gateway(tmp_path, site) as gw:
         ids = [f"dev1101/p{n}" for n in range(45)] + [f"dev1102/p{n}" for n in range(90)]
         await wait_until(gw, _ok(gw, *ids), timeout=20, what="all 90 points")
