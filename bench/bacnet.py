@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,35 +23,16 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+sys.path.insert(0, os.path.join(ROOT, "tests", "bacnet"))
+
+from bacnet_helpers import free_udp_port as free_port  # noqa: E402
+from bench.core import cpu_seconds, rss_mb  # noqa: E402
 from gatewayd.rpc.client import RpcClient  # noqa: E402
 from gatewayd.testing import DaemonProcess, site_toml  # noqa: E402
 
 DEVICE = os.path.join(ROOT, "tests", "bacnet", "bacnet_device.py")
-TICK = os.sysconf("SC_CLK_TCK")
 KINDS = ["analog-input", "analog-output", "analog-value", "binary-input", "binary-output", "binary-value",
          "multi-state-input", "multi-state-output", "multi-state-value"]
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as fh:
-        f = fh.read().rsplit(")", 1)[1].split()
-    return (int(f[11]) + int(f[12])) / TICK
-
-
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def free_port(host: str) -> int:
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind((host, 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 def site(devs: list[tuple[int, str]], objects: int, interval: str) -> str:
