@@ -1,8 +1,7 @@
 """``bacnet``: BACnet/IP driver on bacpypes3, hosted on the core's asyncio bridge.
 
 One bacpypes3 stack per configured network (``ip`` or ``foreign``; ``ipv6`` is
-accepted in the schema but refused at start — bacpypes3 0.0.1xx has no IPv6
-application layer). Reading packs ReadPropertyMultiple to the device's max APDU
+refused by check-config — bacpypes3 0.0.1xx has no BACnet/IPv6 application layer). Reading packs ReadPropertyMultiple to the device's max APDU
 and segmentation, shrinks batches on "segmentation not supported" and falls back
 to ReadProperty on "unrecognized service" (both remembered in state.db);
 SubscribeCOV / SubscribeCOVProperty with renewal at 0.75 of the lifetime,
@@ -162,6 +161,9 @@ class BacnetDriver(Driver):
             yield (("server_device_instance",), f"driver {config.id}: missing required key "
                                                 "'server_device_instance' (our own BACnet device instance)")
         for name, n in nets.items():
+            if n["mode"] == "ipv6":
+                yield (("networks", name, "mode"), f"network {name}: mode = \"ipv6\" is not available yet "
+                                                   "(bacpypes3 has no BACnet/IPv6 application layer)")
             if n["mode"] == "foreign" and not n.get("bbmd_addr"):
                 yield (("networks", name, "bbmd_addr"), f"network {name}: mode = \"foreign\" needs bbmd_addr")
             if n["mode"] != "foreign" and n.get("bbmd_addr"):
