@@ -3,7 +3,8 @@
 One bacpypes3 stack per configured network (``ip`` or ``foreign``; ``ipv6`` is
 refused by check-config — bacpypes3 0.0.1xx has no BACnet/IPv6 application
 layer). Reading packs ReadPropertyMultiple to the device's max APDU and ours,
-shrinks batches on "segmentation not supported" and falls back on "unrecognized service" (both remembered in state.db);
+shrinks batches on "segmentation not supported" and uses ReadProperty after
+"unrecognized service" (both remembered in state.db);
 SubscribeCOV / SubscribeCOVProperty with renewal at 0.75 of the lifetime,
 polling while refused or silent; writes at the requested priority with NULL to
 relinquish; a Who-Is monitor (DeviceDown after two missed cycles, object-list
