@@ -133,6 +133,17 @@ class DriverContext(_Context):
         """Record a discovered device (a re-scan keeps an earlier accept/ignore decision)."""
         await self.gateway.state.discovery_upsert(self.id, key, data)
 
+    def discovery_get(self, key: str) -> dict | None:
+        """This driver's discovery entry ``key`` (status, data, first/last seen), or None."""
+        for row in self.gateway.state.discovery_list(driver=self.id):
+            if row["key"] == key:
+                return row
+        return None
+
+    async def discovery_status(self, key: str, status: str) -> None:
+        """Set an entry's status: discovered, accepted, ignored or stale."""
+        await self.gateway.state.discovery_set_status(self.id, key, status)
+
 
 class ConnectorContext(_Context):
     """What a connector instance gets: its config, its outbox cursor, the gateway."""

@@ -354,6 +354,7 @@ class PointTable:
         p.value = value
         p.ts = ts
         p.mono = self.mono()
+        old_flags = p.flags
         p.flags = tuple(flags) if flags else ()
         p.point_status = status or "ok"
         p.reason = None
@@ -361,7 +362,8 @@ class PointTable:
         status_changed = new_status != p.status
         if status_changed:
             self._set_status(p, new_status, None, ts)
-        if p.reported is _NOTHING or status_changed or p.reported_status != p.status or self._cov_changed(p, value):
+        if p.reported is _NOTHING or status_changed or p.reported_status != p.status or p.flags != old_flags \
+                or self._cov_changed(p, value):
             p.reported = value
             p.reported_status = p.status
             self.bus.publish(ValueChanged(ts, p.cfg.id, p.cfg.device, p.cfg.driver, value, p.status,
@@ -524,6 +526,19 @@ class DeviceHealth:
             log.warning("device %s recovered after %.0fs", self.device_id, down_for,
                         extra={"DRIVER": st.driver, "DEVICE": self.device_id})
             self.table.bus.publish(DeviceRecovered(st.last_ok, st.driver, self.device_id, down_for))
+
+    def mark_down(self, reason: str) -> None:
+        """Declare the device down now (e.g. a monitor that missed its cycles), publishing
+        :class:`DeviceDown` unless it is down already. The next :meth:`success` recovers it."""
+        st = self.state
+        st.failures = max(st.failures, self.down_after)
+        st.last_error = reason
+        if st.conn_status != "down":
+            st.down_since = self.table.wall()
+            log.error("device %s is down: %s", self.device_id, reason,
+                      extra={"DRIVER": st.driver, "DEVICE": self.device_id})
+            self.table.set_device_status(self.device_id, "down", conn_state="closed", reason=reason)
+            self.table.bus.publish(DeviceDown(st.down_since, st.driver, self.device_id, reason, st.failures))
 
     def failure(self, reason: str) -> float:
         st = self.state

@@ -251,3 +251,22 @@ def test_ingest_many_fast_path_equals_ingest(seq, dev_status):
     for pid in t1.points:
         a, b = t1.get(pid), t2.get(pid)
         assert (a.value, a.status, a.reported_status, a.reason) == (b.value, b.status, b.reported_status, b.reason)
+
+
+def test_a_flags_only_change_is_reported():
+    t, sub, sink = make_table([pc("a")])
+    sink.update("dev/a", 1.0)
+    sink.update("dev/a", 1.0, flags=("in_alarm",))
+    sink.update("dev/a", 1.0, flags=("in_alarm",))
+    sink.update("dev/a", 1.0)
+    assert [e.flags for e in events(sub, ValueChanged)] == [(), ("in_alarm",), ()]
+
+
+def test_mark_down_publishes_once_and_success_recovers():
+    t, sub, sink = make_table([pc("a")])
+    h = sink.health("dev")
+    h.mark_down("missed 2 monitor cycles")
+    h.mark_down("missed 3 monitor cycles")
+    assert len(events(sub, DeviceDown)) == 1 and t.devices["dev"].conn_status == "down"
+    h.success()
+    assert len(events(sub, DeviceRecovered)) == 1 and t.devices["dev"].conn_status == "ok"
