@@ -55,9 +55,12 @@ async def test_publish_and_ack(broker, subscriber_factory, protocol, qos):
 
 
 async def test_connection_refused_port(tmp_path):
-    from conftest import free_port
+    import socket
 
-    s = Session(opts(free_port(), connect_timeout=2), log=log)
+    with socket.socket() as sk:  # a port nobody listens on (`conftest` is ambiguous across test dirs)
+        sk.bind(("127.0.0.1", 0))
+        port = sk.getsockname()[1]
+    s = Session(opts(port, connect_timeout=2), log=log)
     with pytest.raises(MqttError, match="cannot connect to 127.0.0.1"):
         await s.run()
 
