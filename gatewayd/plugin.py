@@ -157,6 +157,16 @@ class ConnectorContext(_Context):
         """This instance's persisted outbox cursor (:class:`gatewayd.store.OutboxCursor`)."""
         return self.gateway.outbox_cursor(self.id)
 
+    async def open_cursor(self, start: str = "head"):
+        """Like :attr:`cursor`, but creates a new cursor off the trio thread (no blocking write)."""
+        if self.gateway.outbox is None:
+            raise RuntimeError("the outbox is not open")
+        return await self.gateway.outbox.open_cursor(self.id, start)
+
+    def points(self) -> list[dict]:
+        """Snapshots of every configured point (id, device, driver, kind, unit, value, status, tags ...)."""
+        return [p.snapshot() for p in self.gateway.points.points.values()]
+
     def decode(self, entry) -> dict:
         """Turn an outbox entry into an event dict (``kind``, ``ts``, ``point``/``device``, ``value`` ...)."""
         return self.gateway.decode_entry(entry)
