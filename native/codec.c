@@ -1,4 +1,10 @@
-/* Vectorized Modbus register decoding and encoding. */
+/* Vectorized Modbus register decoding and encoding.
+ *
+ * A value's big-endian byte image A B C D (E F G H) sits in the registers as the order says:
+ * ABCD as is; CDAB registers reversed (word swap, "least significant register first");
+ * BADC bytes swapped inside each register; DCBA both (fully little-endian).
+ * SPDX-License-Identifier: Apache-2.0
+ */
 #include <math.h>
 #include <string.h>
 #include "gatewayd_native.h"
@@ -65,6 +71,7 @@ size_t gw_decode(const gw_spec *specs, size_t n, const uint8_t *payload, size_t 
         gather(payload + at, nregs, s->order, img);
         uint64_t raw = be(img, 2 * nregs);
         if (s->bit_offset >= 0) {
+            if ((unsigned)s->bit_offset >= 16 * nregs) { kinds[i] = GW_K_MISSING; continue; }
             values[i] = (double)((raw >> s->bit_offset) & 1);
             kinds[i] = GW_K_BOOL;
             ok++;
@@ -104,7 +111,7 @@ size_t gw_decode(const gw_spec *specs, size_t n, const uint8_t *payload, size_t 
             if (s->scale == 1.0 && s->add == 0.0) {
                 ivalues[i] = iv;
                 values[i] = (double)iv;
-                kinds[i] = (iv > 9007199254740992LL || iv < -9007199254740992LL) ? GW_K_BIGINT : GW_K_INT;
+                kinds[i] = GW_K_INT;
                 ok++;
                 continue;
             }
@@ -140,29 +147,48 @@ int gw_encode(const gw_spec *s, double value, int64_t ivalue, int use_int, uint1
     }
     int exact = use_int && s->scale == 1.0 && s->add == 0.0;
     double x = exact ? 0 : (value - s->add) / s->scale;
-    if (!exact && !isfinite(x)) return -2;
     switch (s->type) {
-    case GW_T_BOOL: raw = exact ? (ivalue != 0) : (x != 0); break;
+    case GW_T_BOOL:
+        if (!exact && isnan(x)) return -2;
+        raw = exact ? (ivalue != 0) : (x != 0);
+        break;
     case GW_T_FLOAT32: {
-        if (!exact && fabs(x) > 3.4028234663852886e38) return -1;
-        float f = exact ? (float)ivalue : (float)x; uint32_t u; memcpy(&u, &f, 4); raw = u; break;
+        double d = exact ? (double)ivalue : x;
+        if (isfinite(d) && fabs(d) > 3.4028234663852886e38) return -1;   /* NaN and inf pass through */
+        float f = (float)d;
+        uint32_t u;
+        memcpy(&u, &f, 4);
+        raw = u;
+        break;
     }
-    case GW_T_FLOAT64: { double d = exact ? (double)ivalue : x; memcpy(&raw, &d, 8); break; }
+    case GW_T_FLOAT64: {
+        double d = exact ? (double)ivalue : x;
+        memcpy(&raw, &d, 8);
+        break;
+    }
     default: {
         int64_t lo, hi;
+        if (!exact && !isfinite(x)) return -2;
+        if (s->type == GW_T_UINT64 && !exact) {
+            double r = nearbyint(x);
+            if (r < 0 || r >= 18446744073709551616.0) return -1;
+            raw = (uint64_t)r;
+            break;
+        }
         switch (s->type) {
         case GW_T_INT16: lo = -32768; hi = 32767; break;
         case GW_T_UINT16: lo = 0; hi = 65535; break;
         case GW_T_INT32: lo = INT32_MIN; hi = INT32_MAX; break;
         case GW_T_UINT32: lo = 0; hi = UINT32_MAX; break;
         case GW_T_INT64: lo = INT64_MIN; hi = INT64_MAX; break;
-        default: lo = 0; hi = INT64_MAX; break;   /* uint64: values above INT64_MAX need use_int=0 */
+        default: lo = 0; hi = INT64_MAX; break;   /* uint64 exact: above INT64_MAX comes as use_int 2 */
         }
         int64_t v;
-        if (exact) v = ivalue;
-        else {
+        if (exact) {
+            v = ivalue;
+        } else {
             double r = nearbyint(x);
-            if (r < -9.2233720368547758e18 || r >= 9.2233720368547758e18) return -1;
+            if (r < -9223372036854775808.0 || r >= 9223372036854775808.0) return -1;
             v = (int64_t)r;
         }
         if (v < lo || v > hi) return -1;

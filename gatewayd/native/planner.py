@@ -1,16 +1,33 @@
-"""Modbus block planner: the fewest requests that cover every point.
+"""Modbus block planner: the fewest read requests that cover every point of a device.
 
-Rules per device: a block may include up to ``max_gap`` unrequested registers
-between points, spans at most ``max_registers`` registers (``max_bits`` bits for
-coils/discretes), and never spans a *forbidden* range (addresses the device
-refused with exception 02/03). Deterministic; O(n log n) (+ O(n·f) for f
-refused ranges).
+Rules (per device; a driver calls :func:`plan` once per device with its settings):
+
+* a block reads one table of one unit: ``start .. start + count - 1``;
+* between the points in a block there may be unrequested gaps of at most
+  ``max_gap`` registers (bits for coils/discretes) — they are read and ignored;
+* a block spans at most ``max_registers`` registers (default 125, the Modbus
+  limit for FC3/4; devices may need less) or ``max_bits`` bits (default 2000);
+* a block never spans a *forbidden* range, ``(table, unit, start, end_inclusive)``:
+  addresses the device refused with exception 02/03.
+
+Points are ``(table, unit, address, width)``; they may overlap or repeat. A point
+that cannot be planned (wider than the cap, overlapping a forbidden range, beyond
+address 65535, width 0, table not 0-3, unit not 0-255) lands in ``Plan.errors``
+with a message; the others are planned. The result is deterministic (blocks in
+(table, unit, address) order, members by address then input order) and optimal
+in the number of blocks. Time O(n + f log f + n log f) in C (radix sort).
+
+Example::
+
+    p = plan([(Table.HOLDING, 1, 0, 2), (Table.HOLDING, 1, 12, 1)], max_gap=10)
+    # p.blocks == [Block(2, 1, 0, 13, ((0, 0), (1, 12)))], p.errors == {}
 """
 
 from __future__ import annotations
 
 from array import array
 from enum import IntEnum
+from itertools import chain
 from typing import NamedTuple, Sequence
 
 from ._bindings import ffi, lib
@@ -29,7 +46,7 @@ class PlanPoint(NamedTuple):
     table: int
     unit: int
     address: int
-    width: int
+    width: int  # registers, or bits for coils/discretes
 
 
 class Block(NamedTuple):
@@ -37,63 +54,71 @@ class Block(NamedTuple):
     unit: int
     start: int
     count: int
-    members: tuple  # ((point_index, offset_in_block), ...)
+    members: tuple  # ((point_index, offset_in_block), ...) in address order
 
 
 class Plan(NamedTuple):
     blocks: list
-    errors: dict    # point_index -> message
+    errors: dict  # point_index -> message
 
 
-_ERR = {lib.GW_PLAN_TOO_WIDE: "wider than the largest request allowed",
-        lib.GW_PLAN_FORBIDDEN: "inside an address range the device refused (exception 02/03)",
-        lib.GW_PLAN_ZERO_WIDTH: "width must be at least 1"}
+_ERRORS = {lib.GW_PLAN_TOO_WIDE: "wider than the largest request allowed",
+           lib.GW_PLAN_FORBIDDEN: "inside an address range the device refused (exception 02/03)",
+           lib.GW_PLAN_ZERO_WIDTH: "width must be at least 1",
+           lib.GW_PLAN_ADDRESS: "beyond the Modbus address space (0..65535)",
+           lib.GW_PLAN_TABLE: "table must be 0..3 (coil, discrete, holding, input)",
+           lib.GW_PLAN_UNIT: "unit must be 0..255"}
+_new_block = tuple.__new__
+
+
+def _quads(points: Sequence) -> array:
+    try:
+        return array("I", chain.from_iterable(points))
+    except (OverflowError, TypeError, ValueError):
+        pass
+    out = array("I")
+    for i, p in enumerate(points):
+        if len(p) != 4:
+            raise ValueError(f"point {i}: expected (table, unit, address, width), got {p!r}")
+        # out-of-range numbers become values the C side refuses per point (not an exception)
+        out.extend(v if isinstance(v, int) and 0 <= v <= 0xFFFFFFFF else 0xFFFFFFFF for v in p)
+    return out
 
 
 def plan(points: Sequence, *, max_gap: int = 10, max_registers: int = 125, max_bits: int = 2000,
          forbidden: Sequence = ()) -> Plan:
-    """Plan the blocks for one device. ``points``: ``(table, unit, address, width)``;
-    ``forbidden``: ``(table, unit, start, end_inclusive)``."""
+    """Plan one device: ``points`` are ``(table, unit, address, width)``, ``forbidden`` are
+    ``(table, unit, start, end_inclusive)``. See the module docstring."""
+    if not (0 <= max_gap <= 0xFFFF and 1 <= max_registers <= 0xFFFF and 1 <= max_bits <= 0xFFFF):
+        raise ValueError("max_gap must be 0..65535, max_registers and max_bits 1..65535")
     n = len(points)
-    if not (0 <= max_gap and 1 <= max_registers <= 65535 and 1 <= max_bits <= 65535):
-        raise ValueError("max_gap >= 0, max_registers and max_bits 1..65535")
-    if n:
-        tables, units, addrs, widths = zip(*points)
-        try:
-            tb, ub = bytes(tables), bytes(units)
-            ab, wb = array("I", addrs), array("I", widths)
-        except (ValueError, OverflowError, TypeError):
-            for i, (t, u, a, w) in enumerate(points):
-                if not (0 <= t <= 3 and 0 <= u <= 255 and 0 <= a <= 0xFFFFFFFF and 0 <= w <= 0xFFFFFFFF):
-                    raise ValueError(f"point {i}: table 0..3, unit 0..255, address and width >= 0: {(t, u, a, w)}")
-            raise
-        if max(tb) > 3:
-            raise ValueError("table must be 0..3 (coil, discrete, holding, input)")
-    else:
-        tb = ub = b"\0"
-        ab = wb = array("I", [0])
+    quads = _quads(points)
+    if len(quads) != 4 * n:
+        raise ValueError("every point is (table, unit, address, width)")
     nf = len(forbidden)
     fb = ffi.new("gw_range[]", max(nf, 1))
-    for k, (t, u, s, e) in enumerate(forbidden):
-        if e < s:
-            raise ValueError(f"forbidden range {k}: end {e} < start {s}")
+    for k, r in enumerate(forbidden):
+        t, u, s, e = r
+        if not (0 <= t <= 3 and 0 <= u <= 255 and 0 <= s <= e <= 0xFFFF):
+            raise ValueError(f"forbidden range {k}: (table 0..3, unit 0..255, start <= end <= 65535), got {r!r}")
         f = fb[k]
         f.table, f.unit, f.start, f.end = t, u, s, e
     m = max(n, 1)
-    order = ffi.new("gw_sort_item[]", m)
-    blocks = ffi.new("gw_block[]", m)
+    blocks = array("I", bytes(16 * m))
     first = array("I", bytes(4 * (m + 1)))
-    midx = array("I", bytes(4 * m))
-    moff = array("I", bytes(4 * m))
+    members = array("I", bytes(8 * m))
     err = bytearray(m)
-    nmem = ffi.new("size_t *")
-    nb = lib.gw_plan(tb, ub, ffi.from_buffer("uint32_t[]", ab), ffi.from_buffer("uint32_t[]", wb), n, max_gap,
-                     max_registers, max_bits, fb, nf, order, blocks, ffi.from_buffer("uint32_t[]", first),
-                     ffi.from_buffer("uint32_t[]", midx), ffi.from_buffer("uint32_t[]", moff), nmem,
+    nb = lib.gw_plan(ffi.from_buffer("uint32_t[]", quads), n, max_gap, max_registers, max_bits, fb, nf,
+                     ffi.new("gw_sort_item[]", 2 * m), ffi.from_buffer("uint32_t[]", blocks),
+                     ffi.from_buffer("uint32_t[]", first), ffi.from_buffer("uint32_t[]", members),
                      ffi.from_buffer("uint8_t[]", err))
-    idx, off, fst = midx.tolist(), moff.tolist(), first.tolist()
-    raw = ffi.unpack(blocks, nb)
-    out = [Block(b.table, b.unit, b.start, b.count, tuple(zip(idx[fst[k]:fst[k + 1]], off[fst[k]:fst[k + 1]])))
-           for k, b in enumerate(raw)]
-    errors = {i: _ERR[e] for i, e in enumerate(err[:n]) if e}
+    bl, fs = blocks[: 4 * nb].tolist(), first[: nb + 1].tolist()
+    mem = members[: 2 * fs[nb]].tolist()
+    idx, off = mem[0::2], mem[1::2]
+    out = [_new_block(Block, (bl[4 * b], bl[4 * b + 1], bl[4 * b + 2], bl[4 * b + 3],
+                              tuple(zip(idx[fs[b]:fs[b + 1]], off[fs[b]:fs[b + 1]]))))
+           for b in range(nb)]
+    errors = {}
+    if fs[nb] != n:
+        errors = {i: _ERRORS[e] for i, e in enumerate(err[:n]) if e}
     return Plan(out, errors)
