@@ -347,6 +347,16 @@ class Gateway:
                 await self._start_runner("connector", ccfg)
                 if not any(c.startswith(f"connector {cid} ") for c in changed):
                     changed.append(f"connector {cid} added")
+        for kind, runners in (("driver", self.drivers), ("connector", self.connectors)):
+            for rid, r in list(runners.items()):
+                if r.instance is None or any(c.startswith(f"{kind} {rid} ") for c in changed):
+                    continue
+                try:
+                    hook = getattr(r.instance, "reloaded", None)
+                    if hook is not None:
+                        await hook()
+                except Exception as e:
+                    log.error("%s %s: reloaded() failed: %s: %s", kind, rid, type(e).__name__, e, exc_info=True)
         self._build_rpc_methods()
         return changed
 

@@ -221,6 +221,12 @@ class Driver:
         :class:`WriteError` on failure."""
         raise WriteError(f"driver type of {self.config.id!r} does not support writes")
 
+    async def reloaded(self) -> None:
+        """Called after a configuration reload (SIGHUP, ``config.reload``) that kept
+        this instance running because its configuration did not change. Drop
+        state a reload is meant to reset (e.g. learned refusals); the default does
+        nothing. An exception is logged and does not fail the reload."""
+
     # Optional: ``async def write_priority(self, point, value_or_None, priority) -> readback``.
     # When a driver defines it, ``points.write`` passes the *requested* value and
     # priority straight through (``None`` relinquishes that level on the device)
@@ -262,6 +268,12 @@ class Connector:
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         raise NotImplementedError
+
+    async def reloaded(self) -> None:
+        """Called after a configuration reload (SIGHUP, ``config.reload``) that kept
+        this instance running because its configuration did not change. Drop
+        state a reload is meant to reset (e.g. learned refusals); the default does
+        nothing. An exception is logged and does not fail the reload."""
 
     def status(self) -> dict:
         """Connection state, last error ... for ``connectors.status``."""

@@ -120,6 +120,9 @@ async def test_reload_while_values_flow_restarts_only_changed_drivers(tmp_path):
         assert res["ok"] is True and res["changed"] == ["driver b restarted"]
         assert gw.drivers["a"].instance is a_before  # untouched, kept running
         assert gw.drivers["b"].instance is not b_before
+        # the kept instance heard of the reload (to reset what it learned); the restarted one did not
+        assert a_before.reloads_seen == 1 and b_before.reloads_seen == 0
+        assert gw.drivers["b"].instance.reloads_seen == 0
         await wait_until(gw, lambda: gw.points.points["db/extra"].status == "ok"
                          and gw.points.points["da/n"].value > seen_a)
         assert gw.reloads == 1

@@ -22,6 +22,7 @@ class CounterDriver(Driver):
         self.counts = {}
         self.cycles = 0
         self.written = []
+        self.reloads_seen = 0
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED):
         task_status.started()
@@ -47,6 +48,9 @@ class CounterDriver(Driver):
         self.counts[point.id] = value
         self.written.append((point.id, value))
         return value
+
+    async def reloaded(self):
+        self.reloads_seen += 1
 
     def status(self):
         return {"cycles": self.cycles}
