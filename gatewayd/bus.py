@@ -67,6 +67,27 @@ class Subscription:
         if not self._wakeup.is_set():
             self._wakeup.set()
 
+    def _put_many(self, evs: list) -> None:
+        if self.accept is not None:
+            acc = self.accept
+            evs = [ev for ev in evs if acc(ev)]
+            if not evs:
+                return
+        q = self._q
+        q.extend(evs)
+        excess = len(q) - self.maxlen
+        if excess > 0:
+            for _ in range(excess):
+                q.popleft()
+            self.dropped += excess
+            if not self._overflowing:
+                self._overflowing = True
+                (log.error if self.durable else log.warning)(
+                    "subscriber %r is too slow: its queue of %d events is full, dropping oldest%s",
+                    self.name, self.maxlen, " (data not yet recorded is lost)" if self.durable else "")
+        if not self._wakeup.is_set():
+            self._wakeup.set()
+
     def pending(self) -> int:
         return len(self._q)
 
@@ -142,8 +163,13 @@ class Bus:
             s._put(ev)
 
     def publish_many(self, evs: Iterable[Event]) -> None:
-        for ev in evs:
-            self.publish(ev)
+        """Publish several events in order; same result as :meth:`publish` for each, cheaper."""
+        evs = evs if isinstance(evs, list) else list(evs)
+        if not evs:
+            return
+        self.published += len(evs)
+        for s in self._subs:
+            s._put_many(evs)
 
     def stats(self) -> list[dict]:
         return [{"name": s.name, "durable": s.durable, "pending": s.pending(), "maxlen": s.maxlen,

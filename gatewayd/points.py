@@ -48,7 +48,7 @@ import trio
 
 from .bus import Bus
 from .config import Config, DriverConfig, PointConfig
-from .events import (DeviceDown, DeviceRecovered, DeviceStatusChanged, StatusChanged, ValueChanged)
+from .events import (DeviceDown, DeviceRecovered, DeviceStatusChanged, StatusChanged, ValueChanged, value_changed)
 from .units import Conversion, parse_convert
 
 log = logging.getLogger("gatewayd.points")
@@ -378,29 +378,39 @@ class PointTable:
         Same results as calling :meth:`ingest` for each item (tests check both).
         """
         points = self.points
-        publish = self.bus.publish
+        out: list = []  # events of the short path, published together (the bus takes a batch per subscriber)
+        add = out.append
+        make_value = value_changed
         mono = self.mono()
         n = 0
-        for pid, raw in items:
-            p = points.get(pid)
-            tr = type(raw)
-            if p is None or not p.fast or p.status != "ok" or p.flags or (tr is not float and tr is not int):
-                self.ingest(pid, raw, ts)
-                continue
-            n += 1
-            cfg = p.cfg
-            value = raw if p.identity else p.convert_in(raw)
-            p.raw = raw
-            p.value = value
-            p.ts = ts
-            p.mono = mono
-            old = p.reported
-            db = cfg.cov_deadband
-            if (abs(value - old) > db) if (db > 0 and type(old) in (int, float)) else \
-                    (value != old or type(value) is not type(old)):
-                p.reported = value
-                publish(ValueChanged(ts, cfg.id, cfg.device, cfg.driver, value, "ok", p.unit_, (), cfg.tags))
-        self.ingested += n
+        try:
+            for pid, raw in items:
+                p = points.get(pid)
+                tr = type(raw)
+                if p is None or not p.fast or p.status != "ok" or p.flags or (tr is not float and tr is not int):
+                    if out:  # keep the order of events
+                        self.bus.publish_many(out)
+                        out = []
+                        add = out.append
+                    self.ingest(pid, raw, ts)
+                    continue
+                n += 1
+                cfg = p.cfg
+                value = raw if p.identity else p.convert_in(raw)
+                p.raw = raw
+                p.value = value
+                p.ts = ts
+                p.mono = mono
+                old = p.reported
+                db = cfg.cov_deadband
+                if (abs(value - old) > db) if (db > 0 and type(old) in (int, float)) else \
+                        (value != old or type(value) is not type(old)):
+                    p.reported = value
+                    add(make_value(ts, cfg.id, cfg.device, cfg.driver, value, "ok", p.unit_, (), cfg.tags))
+        finally:  # a failing conversion must not take the events before it along
+            self.ingested += n
+            if out:
+                self.bus.publish_many(out)
 
     @staticmethod
     def _cov_changed(p: PointState, value: Any) -> bool:

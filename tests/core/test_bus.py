@@ -66,3 +66,43 @@ async def test_filter_and_close():
     bus.publish(ev(1))
     assert sub.pending() == 0
     assert bus.stats() == []
+
+
+def test_publish_many_equals_publish_one_by_one(caplog):
+    """The batch path (used by PointTable.ingest_many) keeps order, filters, drop-oldest and counters."""
+    results = []
+    for batched in (False, True):
+        bus = Bus()
+        live = bus.subscribe("watch", maxlen=7)
+        even = bus.subscribe("even", accept=lambda e: e.value % 2 == 0)
+        durable = bus.subscribe("recorder", durable=True, maxlen=12)
+        with caplog.at_level(logging.ERROR, logger="gatewayd.bus"):
+            caplog.clear()
+            for chunk in ([ev(i) for i in range(5)], [], [ev(i) for i in range(5, 30)]):
+                if batched:
+                    bus.publish_many(chunk)
+                else:
+                    for e in chunk:
+                        bus.publish(e)
+            logged = len([r for r in caplog.records if "too slow" in r.message])
+        results.append(([e.value for e in live.get_nowait()], live.dropped,
+                        [e.value for e in even.get_nowait()], even.dropped,
+                        [e.value for e in durable.get_nowait()], durable.dropped, bus.published, logged))
+    assert results[0] == results[1]
+    assert results[1][0] == list(range(23, 30)) and results[1][1] == 23
+    assert results[1][4] == list(range(18, 30)) and results[1][6] == 30 and results[1][7] == 1
+
+
+def test_fast_value_changed_constructor_builds_the_same_frozen_event():
+    import dataclasses
+
+    import pytest
+
+    from gatewayd.events import value_changed
+
+    args = (1.5, "d/p", "d", "drv", 21.5, "ok", "degC", ("fault",), ("t1",))
+    fast, slow = value_changed(*args), ValueChanged(*args)
+    assert type(fast) is ValueChanged and fast == slow and hash(fast) == hash(slow)
+    assert dataclasses.astuple(fast) == args and fast.kind == "value"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fast.value = 1
