@@ -73,7 +73,7 @@ _new_block = tuple.__new__
 
 def _quads(points: Sequence) -> array:
     try:
-        return array("I", chain.from_iterable(points))
+        return array("I", list(chain.from_iterable(points)))  # (a list first: ~2x faster than the iterator)
     except (OverflowError, TypeError, ValueError):
         pass
     out = array("I")
@@ -114,9 +114,8 @@ def plan(points: Sequence, *, max_gap: int = 10, max_registers: int = 125, max_b
                      ffi.from_buffer("uint8_t[]", err))
     bl, fs = blocks[: 4 * nb].tolist(), first[: nb + 1].tolist()
     mem = members[: 2 * fs[nb]].tolist()
-    idx, off = mem[0::2], mem[1::2]
-    out = [_new_block(Block, (bl[4 * b], bl[4 * b + 1], bl[4 * b + 2], bl[4 * b + 3],
-                              tuple(zip(idx[fs[b]:fs[b + 1]], off[fs[b]:fs[b + 1]]))))
+    pairs = list(zip(mem[0::2], mem[1::2]))
+    out = [_new_block(Block, (bl[4 * b], bl[4 * b + 1], bl[4 * b + 2], bl[4 * b + 3], tuple(pairs[fs[b]:fs[b + 1]])))
            for b in range(nb)]
     errors = {}
     if fs[nb] != n:
