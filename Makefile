@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 
 SOURCES := pyproject.toml setup.py $(wildcard native/*.c native/*.h native/*.py native/*.cdef plugins/*/__init__.py)
 
-.PHONY: run test install install-test bench sanitize clean distclean check-config
+.PHONY: run test install install-test bench sanitize fuzz clean distclean check-config
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,11 @@ bench: install-test
 ## make sanitize: build the native extension with ASan/UBSan and run the native tests under it.
 sanitize: install-test
 	bash native/sanitize.sh
+
+## make fuzz: a long fuzzing run of both stream receivers (atheris + hypothesis) on the ASan/UBSan build.
+FUZZ_SCALE ?= 50
+fuzz: install-test
+	GATEWAYD_FUZZ_SCALE=$(FUZZ_SCALE) bash native/sanitize.sh tests/native/test_native_fuzz.py
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache var

@@ -10,7 +10,8 @@
  * gap or a refused range in the gap, no later point (starting at or after p) can join either.
  * Joining never hurts: it only moves the covered end forward, within the cap, over checked registers.
  * tests/native checks the block counts against an exhaustive search over set partitions.
- * Refused ranges are sorted and merged once (O(f log f)), then each check is a binary search.
+ * Refused ranges are sorted and merged once (O(f log f)); the sweep checks them with cursors that only
+ * move forward (O(n + f) in all).
  * SPDX-License-Identifier: Apache-2.0
  */
 #include <stdlib.h>
@@ -52,6 +53,19 @@ static int refused(const gw_range *f, size_t nf, uint32_t tu, uint64_t s, uint64
         if (k < want) lo = mid + 1;
         else hi = mid;
     }
+    return lo < nf && TU(f[lo].table, f[lo].unit) == tu && f[lo].start < e;
+}
+
+/* the same question for queries in ascending (tu, s) order, as the sweep asks them: *cursor remembers
+ * where the last answer was found, so a sweep costs O(n + f) instead of O(n log f). A query below the
+ * cursor (never made by the sweep) falls back to the binary search. */
+static int refused_seq(const gw_range *f, size_t nf, size_t *cursor, uint32_t tu, uint64_t s, uint64_t e) {
+    uint64_t want = ((uint64_t)tu << 32) | s;
+    size_t lo = *cursor;
+    if (lo > 0 && (((uint64_t)TU(f[lo - 1].table, f[lo - 1].unit) << 32) | f[lo - 1].end) >= want)
+        return refused(f, nf, tu, s, e);
+    while (lo < nf && ((((uint64_t)TU(f[lo].table, f[lo].unit) << 32) | f[lo].end) < want)) lo++;
+    *cursor = lo;
     return lo < nf && TU(f[lo].table, f[lo].unit) == tu && f[lo].start < e;
 }
 
@@ -98,8 +112,7 @@ size_t gw_plan(const uint32_t *points, size_t n, uint32_t max_gap, uint32_t max_
         else if (w == 0) e = GW_PLAN_ZERO_WIDTH;
         else if (w > (t <= 1 ? max_bits : max_regs)) e = GW_PLAN_TOO_WIDE;
         else if (a + w > 0x10000) e = GW_PLAN_ADDRESS;
-        else if (nf && refused(forbidden, nf, TU(t, u), a, a + w)) e = GW_PLAN_FORBIDDEN;
-        error[i] = e;
+        error[i] = e;   /* (refused ranges are checked in the sweep below, in address order) */
         if (e != GW_PLAN_OK) continue;
         order[k].key = ((uint64_t)TU(t, u) << 32) | (a << 16) | w;
         order[k].idx = (uint32_t)i;
@@ -111,13 +124,18 @@ size_t gw_plan(const uint32_t *points, size_t n, uint32_t max_gap, uint32_t max_
     uint32_t *cur = NULL;     /* table, unit, start, count */
     uint32_t cur_tu = 0, cap = 0;
     uint64_t cur_end = 0;     /* exclusive end of the registers (bits) covered so far */
+    size_t point_cursor = 0, gap_cursor = 0;
     for (size_t j = 0; j < k; j++) {
         uint32_t i = order[j].idx, tu = (uint32_t)(order[j].key >> 32);
         uint64_t s = points[4 * i + 2], e = s + points[4 * i + 3];
+        if (nf && refused_seq(forbidden, nf, &point_cursor, tu, s, e)) {
+            error[i] = GW_PLAN_FORBIDDEN;
+            continue;
+        }
         if (cur && cur_tu == tu) {
             uint64_t ne = e > cur_end ? e : cur_end;
             int fits = (s <= cur_end || s - cur_end <= max_gap) && ne - cur[2] <= cap;
-            if (fits && ne > cur_end && nf && refused(forbidden, nf, tu, cur_end, ne)) fits = 0;
+            if (fits && ne > cur_end && nf && refused_seq(forbidden, nf, &gap_cursor, tu, cur_end, ne)) fits = 0;
             if (fits) {
                 cur_end = ne;
                 cur[3] = (uint32_t)(cur_end - cur[2]);

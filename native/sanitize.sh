@@ -2,8 +2,8 @@
 # Build the native extension with ASan + UBSan into a temporary directory and run tests/native against
 # that build (GATEWAYD_NATIVE_SO makes gatewayd.native load it instead of the installed module).
 # CPython itself is not instrumented: libasan is preloaded and leak checking is off (CPython "leaks" at
-# exit); any UBSan report aborts the run (halt_on_error, -fno-sanitize-recover). Extra arguments go to
-# pytest; GATEWAYD_FUZZ_SCALE=20 bash native/sanitize.sh runs the fuzz/property budgets 20x longer.
+# exit); any UBSan report aborts the run (halt_on_error, -fno-sanitize-recover). Arguments go to pytest
+# instead of the default tests/native; GATEWAYD_FUZZ_SCALE=20 bash native/sanitize.sh runs the fuzz/property budgets 20x longer.
 # SPDX-License-Identifier: Apache-2.0
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,5 +26,5 @@ export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
 # make sure the sanitized module, not the installed one, is what the tests import
 "$PY" -c "import sys, gatewayd.native; m = sys.modules['gatewayd.native._native']; \
 assert m.__file__ == '$so', m.__file__; print('sanitize: testing', m.__file__)"
-"$PY" -m pytest tests/native -q -p no:cacheprovider "$@"
+"$PY" -m pytest -q -p no:cacheprovider "${@:-tests/native}"   # arguments, if any, replace the selection
 echo "sanitize: no ASan/UBSan report"

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from native_support import budget
 
 import reference as ref
-from gatewayd.native.planner import Block, PlanPoint, Table, plan
+from gatewayd.native.planner import Block, PlanInput, PlanPoint, Table, plan
 
 H, I, C, D = Table.HOLDING, Table.INPUT, Table.COIL, Table.DISCRETE
 
@@ -37,13 +37,13 @@ def check_rules(pts, p, max_gap, cap_regs, cap_bits, forbidden):
 def test_basic_gap_cap_and_forbidden():
     pts = [(H, 1, 0, 2), (H, 1, 12, 1), (H, 1, 13, 2), (H, 1, 200, 1), (I, 1, 0, 1), (H, 2, 0, 1)]
     p = plan(pts, max_gap=10)
-    assert p.blocks == [Block(2, 1, 0, 15, ((0, 0), (1, 12), (2, 13))), Block(2, 1, 200, 1, ((3, 0),)),
-                        Block(2, 2, 0, 1, ((5, 0),)), Block(3, 1, 0, 1, ((4, 0),))]
+    assert p.blocks == [Block.of(2, 1, 0, 15, ((0, 0), (1, 12), (2, 13))), Block.of(2, 1, 200, 1, ((3, 0),)),
+                        Block.of(2, 2, 0, 1, ((5, 0),)), Block.of(3, 1, 0, 1, ((4, 0),))]
     p = plan(pts, max_gap=10, forbidden=[(H, 1, 5, 5)])
     assert [(b.start, b.count) for b in p.blocks if (b.table, b.unit) == (H, 1)] == [(0, 2), (12, 3), (200, 1)]
-    assert plan(pts, max_gap=9).blocks[0] == Block(2, 1, 0, 2, ((0, 0),))
-    assert plan([(H, 1, 0, 1), (H, 1, 200, 1)], max_gap=500).blocks == [Block(2, 1, 0, 1, ((0, 0),)),
-                                                                        Block(2, 1, 200, 1, ((1, 0),))]
+    assert plan(pts, max_gap=9).blocks[0] == Block.of(2, 1, 0, 2, ((0, 0),))
+    assert plan([(H, 1, 0, 1), (H, 1, 200, 1)], max_gap=500).blocks == [Block.of(2, 1, 0, 1, ((0, 0),)),
+                                                                        Block.of(2, 1, 200, 1, ((1, 0),))]
 
 
 def test_per_point_errors_never_raise():
@@ -56,12 +56,15 @@ def test_per_point_errors_never_raise():
                         6: "table must be 0..3 (coil, discrete, holding, input)", 7: "unit must be 0..255",
                         8: "beyond the Modbus address space (0..65535)", 9: "wider than the largest request allowed"}
     assert [b.members for b in p.blocks] == [((10, 0),), ((0, 0),), ((1, 0),)]
+    assert plan(PlanInput(pts), max_registers=125, forbidden=[(H, 1, 7, 7)]) == p
+    with pytest.raises(ValueError, match="every point is \\(table, unit, address, width\\)"):
+        PlanInput([(H, 1, 0)])
 
 
 def test_duplicates_overlaps_and_wide_points():
     pts = [(H, 1, 10, 4), (H, 1, 10, 4), (H, 1, 11, 1), (H, 1, 12, 2), (H, 1, 8, 10)]
     p = plan(pts)
-    assert p.blocks == [Block(2, 1, 8, 10, ((4, 0), (0, 2), (1, 2), (2, 3), (3, 4)))]
+    assert p.blocks == [Block.of(2, 1, 8, 10, ((4, 0), (0, 2), (1, 2), (2, 3), (3, 4)))]
 
 
 def test_caps_and_argument_checks():
@@ -106,6 +109,9 @@ def test_rules_hold_at_any_scale(pts, gap, cap, bits, fb):
     forbidden = [(t, u, s * 1000, s * 1000 + w * 7) for t, u, s, w in fb]
     p = plan(pts, max_gap=gap, max_registers=cap, max_bits=bits, forbidden=forbidden)
     check_rules(pts, p, gap, cap, bits, forbidden)
+    prepared = PlanInput(pts)  # packed once, planned twice (its scratch space is reused): same plans
+    assert plan(prepared, max_gap=gap, max_registers=cap, max_bits=bits, forbidden=forbidden) == p
+    assert plan(prepared, max_gap=gap, max_registers=cap, max_bits=bits, forbidden=forbidden) == p
     assert plan(list(reversed(pts)), max_gap=gap, max_registers=cap, max_bits=bits,
                 forbidden=forbidden).blocks.__len__() == len(p.blocks)
 

@@ -67,6 +67,9 @@ def test_clause_9_cobs_example_hello_world():
     assert frame[7] == crc.mstp_header_crc(frame[2:7])
     # the Encoded CRC-32K field decodes to the CRC-32K of the Encoded Data field, LSB first; running the
     # CRC over the encoded data and those four octets leaves the residue 0x0843323B (Annex G.3)
+    # the Encoded CRC-32K octets as the standard's cobs_frame_encode routine produces them (checked against a
+    # transcription of that routine: CRC over the transmitted Encoded Data, complemented, LSB first, COBS + 0x55)
+    assert frame[-5:] == bytes.fromhex("50088fbb58")
     enc_crc = bytes(b ^ 0x55 for b in frame[-5:])
     assert enc_crc[0] == 5 and 0 not in enc_crc[1:]                  # no zero octet in this CRC value
     assert enc_crc[1:] == crc.crc32k(encoded).to_bytes(4, "little")
