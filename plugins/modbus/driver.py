@@ -236,6 +236,16 @@ class ModbusDriver(Driver):
         self._publish_info(d)
         d.replan.set()
 
+    async def reloaded(self) -> None:
+        """A reload that kept this instance (its configuration unchanged) forgets what was learned:
+        refused ranges and request-size limits are found again in the next cycles. (A changed
+        device configuration restarts the instance, which drops them by their fingerprint.)"""
+        for d in self.devices.values():
+            if d.refused or d.max_registers < d.s["max_registers"]:
+                self.ctx.device_log(d.id).info("reload: forgetting %d learned refused range(s) of %s",
+                                               len(d.refused), d.id)
+                await self.clear_refused(d.id)
+
     # ------------------------------------------------------------------ planning
     def _plan(self, d: Device) -> None:
         s = d.s
@@ -461,17 +471,19 @@ class ModbusDriver(Driver):
             if table in (1, 3):
                 raise WriteError(f"{point.id} is a {b['table']} point: read-only", kind="encode")
             if table == 2 and (b["bit_offset"] is not None or b["bit_mask"] is not None):
-                and_mask, or_mask = codec.mask_write(spec, value)
+                # the field's register: not always the first one for 32/64-bit points (and word orders)
+                reg_off, and_mask, or_mask = codec.mask_write_at(spec, value)
+                address = b["address"] + reg_off
                 try:
-                    await self.transact(d, pdu.mask_write(b["address"], and_mask, or_mask), retries=0)
+                    await self.transact(d, pdu.mask_write(address, and_mask, or_mask), retries=0)
                 except ModbusException as e:
                     if e.code != 1:
                         raise
                     # no FC22 on this device: read-modify-write with FC3 + FC6
-                    cur = await self._read_payload(d, pdu.read(2, b["address"], 1), retries=0)
+                    cur = await self._read_payload(d, pdu.read(2, address, 1), retries=0)
                     reg = int.from_bytes(cur[:2], "big")
                     new = (reg & and_mask) | (or_mask & ~and_mask & 0xFFFF)
-                    await self.transact(d, pdu.write(2, b["address"], [new], multiple=d.s["write_multiple"]),
+                    await self.transact(d, pdu.write(2, address, [new], multiple=d.s["write_multiple"]),
                                         retries=0)
             else:
                 if table == 0:

@@ -7,7 +7,7 @@ from gatewayd.events import DeviceDown, DeviceRecovered
 from gatewayd.rpc.client import RpcRemoteError
 from gatewayd.testing import rpc, run_gateway, wait_until
 
-UNIT1 = {"holding": {"0": 10, "1": 11, "2": 12, "5": 0x4049, "6": 0x0FDB, "7": 7, "20": 0x8001,
+UNIT1 = {"holding": {"0": 10, "1": 11, "2": 12, "5": 0x4049, "6": 0x0FDB, "7": 7, "20": 0x8001, "40": 0x1234, "41": 0,
                      "100": 1, "101": 2, "102": 3, "103": 4},
          "input": {"0": 100, "1": 65535},
          "coils": {"0": 1, "1": 0, "2": 1},
@@ -146,6 +146,47 @@ async def test_short_response_marks_the_missing_points_fault(tmp_path, server):
         await wait_cycles(gw.drivers["mb"].instance, "m1", 1)
         assert gw.drivers["mb"].instance.devices["m1"].stats["short_responses"] >= 1
         assert gw.points.devices["m1"].conn_status == "ok"
+
+
+async def test_a_reload_forgets_learned_ranges_even_when_nothing_changed(tmp_path, server):
+    async with run_gateway(tmp_path, site(server.port)) as gw:
+        await wait_until(gw, lambda: gw.points.points["m1/pi"].status == "ok", timeout=15)
+        drv = gw.drivers["mb"].instance
+        await wait_cycles(drv, "m1", 2)
+        assert drv.devices["m1"].refused == [(2, 1, 3, 4)] and drv.devices["m1"].stats["splits"] == 1
+        res = await rpc(gw, "config.reload")
+        assert res["ok"] and res["changed"] == [] and gw.drivers["mb"].instance is drv  # kept running
+        assert gw.state.kv_get("driver:mb", "refused/m1") is None  # forgotten in state.db too
+        await wait_cycles(drv, "m1", 3)
+        # learned again from scratch in the next cycle (one more split), and remembered again
+        assert drv.devices["m1"].stats["splits"] == 2 and drv.devices["m1"].refused == [(2, 1, 3, 4)]
+
+
+WIDE_FLAG = """
+[drivers.mb.devices.m1.points.wide_flag]
+address = 40
+type = "uint32"
+order = "CDAB"
+bit_offset = 20
+kind = "binary"
+writable = true
+"""
+
+
+async def test_fc22_on_a_32_bit_point_writes_the_register_that_holds_the_bit(tmp_path, server):
+    # CDAB: register 40 is the low word, 41 the high word, so bit 20 is bit 4 of register 41
+    async with run_gateway(tmp_path, site(server.port, extra=WIDE_FLAG)) as gw:
+        pts = gw.points.points
+        await wait_until(gw, lambda: pts["m1/wide_flag"].status == "ok", timeout=15)
+        assert pts["m1/wide_flag"].value is False
+        r = await rpc(gw, "points.write", {"point": "m1/wide_flag", "value": True})
+        assert r["readback"] is True
+        regs = await rpc(gw, "modbus.read_registers", {"device": "m1", "address": 40, "count": 2})
+        assert regs["registers"] == [0x1234, 0x0010]                      # low word untouched
+        r = await rpc(gw, "points.write", {"point": "m1/wide_flag", "value": False})
+        assert r["readback"] is False
+        regs = await rpc(gw, "modbus.read_registers", {"device": "m1", "address": 40, "count": 2})
+        assert regs["registers"] == [0x1234, 0x0000]
 
 
 async def test_every_write_path_with_read_back(tmp_path, server):
