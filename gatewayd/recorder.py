@@ -8,7 +8,10 @@ and once per ``[history] flush_interval`` (or ``batch_size`` events) writes
 * outbox entries — every event — but only while at least one connector is
   configured: an outbox nobody reads would only wear the flash,
 
-each as one transaction per store. Current values are saved every
+each as one transaction per store. Outbox entries are *staged* as soon as their
+events arrive (:meth:`gatewayd.store.Outbox.stage`: visible to connectors at
+once, so a value reaches MQTT within milliseconds) and committed with the
+history batch: latency does not cost flash writes. Current values are saved every
 ``current_save_interval`` and at shutdown, so a restart shows the last known
 values (as status ``unknown`` until refreshed). Retention runs hourly.
 
@@ -98,6 +101,7 @@ class Recorder:
         self._dirty_current: set[str] = set()
         self._idle = trio.Event()
         self._idle.set()
+        self._gather: trio.CancelScope | None = None
 
     def configure(self, config) -> None:
         self.hcfg = config.history
@@ -107,7 +111,9 @@ class Recorder:
         return {"samples_written": self.samples_written, "outbox_entries_written": self.entries_written,
                 "batches": self.batches, "pending": self.sub.pending() + len(self._pending),
                 "write_errors": self.write_errors, "last_error": self.last_error,
-                "held_for_retry": len(self._retry_h) + len(self._retry_o), "retry_dropped": self.retry_dropped,
+                "held_for_retry": len(self._retry_h) + len(self._retry_o)
+                + (self.gw.outbox.staged if self.gw.outbox is not None and self._failing else 0),
+                "retry_dropped": self.retry_dropped,
                 "dropped_before_recording": self.sub.dropped, "outbox_enabled": self.outbox_on}
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -120,15 +126,26 @@ class Recorder:
             while True:
                 batch = await self.sub.get_batch(self.hcfg.batch_size)
                 self._idle = trio.Event()
-                # gather a flush interval's worth (or a full batch) into one transaction
-                with trio.move_on_after(self.hcfg.flush_interval):
+                self._stage(batch)
+                # gather a flush interval's worth (or a full batch) into one transaction per store;
+                # the outbox entries are visible to connectors meanwhile (staged)
+                with trio.move_on_after(self.hcfg.flush_interval) as self._gather:
                     while len(batch) < self.hcfg.batch_size:
-                        batch.extend(await self.sub.get_batch(self.hcfg.batch_size - len(batch)))
-                await self._write(batch)
+                        more = await self.sub.get_batch(self.hcfg.batch_size - len(batch))
+                        self._stage(more)
+                        batch.extend(more)
+                await self._write(batch, staged=True)
                 if not self.sub.pending():
                     self._idle.set()
 
-    async def _write(self, events: list[Event]) -> None:
+    def _stage(self, events: list[Event]) -> None:
+        if self.outbox_on and events:
+            try:
+                self.gw.outbox.stage([encode_event(ev) for ev in events])
+            except Exception as e:  # an unencodable event must not stop the recorder
+                self._failed("outbox", e, len(events))
+
+    async def _write(self, events: list[Event], staged: bool = False) -> None:
         samples = []
         hist_on = self.hcfg.enabled
         dirty = self._dirty_current
@@ -144,19 +161,31 @@ class Recorder:
                 p = self.gw.points.points.get(ev.point)
                 if p is not None and p.cfg.history == "cov" and ev.new != "ok":
                     samples.append((ev.point, ev.ts, _jsonable(p.value), ev.new))
-        entries = [encode_event(ev) for ev in events] if self.outbox_on else []
-        await self._store(samples, entries)
+        if self.outbox_on and not staged:
+            self._stage(events)
+        await self._store(samples, [], commit=True)
 
     #: rows kept in memory per store while it cannot be written (disk full, I/O error)
     RETRY_MAX = 500_000
 
-    async def _store(self, samples: list, entries: list) -> None:
+    async def _store(self, samples: list, entries: list, commit: bool = False) -> None:
         # A failing store (disk full, I/O error) is reported, its rows are kept and
         # retried with the next batch (bounded by RETRY_MAX, oldest dropped and counted
-        # beyond it); the daemon stays up and the other store keeps working.
+        # beyond it); the daemon stays up and the other store keeps working. Staged outbox
+        # entries stay staged (and visible) until a commit succeeds.
         samples = self._retry_h + samples
         entries = self._retry_o + entries
         self._retry_h, self._retry_o = [], []
+        if commit and self.gw.outbox is not None and self.gw.outbox.staged:
+            ob = self.gw.outbox
+            n = ob.staged
+            try:
+                await ob.commit_staged()
+                self.entries_written += n
+                self._recovered("outbox")
+            except Exception as e:
+                self._failed("outbox", e, n)
+                self.retry_dropped += ob.drop_staged(self.RETRY_MAX)
         if samples:
             try:
                 await self.gw.history.append(samples)
@@ -196,11 +225,13 @@ class Recorder:
 
     async def drain(self) -> None:
         """Write everything the bus still holds (shutdown)."""
+        if self._gather is not None:
+            self._gather.cancel()  # write the batch being gathered now, not at the end of the flush interval
         while self.sub.pending():
             await self._write(self.sub.get_nowait(self.hcfg.batch_size))
         await self._idle.wait()
-        if self._retry_h or self._retry_o:
-            await self._store([], [])
+        if self._retry_h or self._retry_o or (self.gw.outbox is not None and self.gw.outbox.staged):
+            await self._store([], [], commit=True)
 
     async def final_flush(self) -> None:
         await self._save_current()

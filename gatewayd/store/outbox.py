@@ -44,6 +44,21 @@ ack transaction and by :meth:`Outbox.compact`).  With no cursor at all,
 entries are kept (bounded by the caps) so a connector configured later can
 start from ``"oldest"``.
 
+Staging (latency without flash wear).  :meth:`Outbox.stage` gives entries their
+seqs in memory and makes them visible to cursors at once (``read_after``,
+``wait_for_data``); :meth:`Outbox.commit_staged` writes everything staged in
+one transaction.  The recorder stages every batch of events as it arrives and
+commits once per flush interval, so a connector sends a value within
+milliseconds while the flash sees one commit per second.  A staged entry is
+not durable: kill -9 before its commit loses it from the outbox (a connector
+may already have sent it: at-least-once is kept, nothing committed is lost).
+An ack beyond the committed head is persisted up to it at once and the rest
+when the entries are committed.  :meth:`append` is stage + commit.  Seqs are
+never reused: ``meta.reserved`` (persisted at open and with every staged
+commit) bounds the seqs staged entries can take, and opening a file whose last
+stop was unclean starts after it (cursors that had acknowledged everything
+committed move past the gap; counts skip it).
+
 Durability: WAL + synchronous=FULL; an ``append`` or ``ack`` that returned
 survives kill -9 and power loss.  ``memory=True`` keeps the whole outbox in
 RAM instead: nothing is written to flash and **everything (entries, cursor
@@ -146,7 +161,15 @@ CREATE TABLE meta(
 INSERT INTO meta(id, head, bytes, appended, dropped, block_overhead) VALUES (0, 0, 0, 0, 0, {BLOCK_OVERHEAD});
 """
 
-MIGRATIONS: list[Migration] = [Migration(1, _V1, "block, entry_kind, entry_key, cursor, meta")]
+MIGRATIONS: list[Migration] = [
+    Migration(1, _V1, "block, entry_kind, entry_key, cursor, meta"),
+    Migration(2, "ALTER TABLE meta ADD COLUMN reserved INTEGER NOT NULL DEFAULT 0;",
+              "meta.reserved: seqs that staged entries may have used (never reused after a crash)"),
+]
+
+#: Seqs reserved ahead of the committed head for staged entries (persisted): after an unclean
+#: stop the next seq starts past them, so a seq a connector may have sent is never reused.
+RESERVE_AHEAD = 1_000_000
 
 _INSERT = "INSERT INTO block(first, last, ts_first, ts_max, bytes, data) VALUES(?, ?, ?, ?, ?, ?)"
 _LITTLE = sys.byteorder == "little"
@@ -263,6 +286,36 @@ class Outbox(BaseStore):
         self._cache_lock = threading.Lock()
         self.db = Database(path, "outbox", MIGRATIONS, memory=memory, page_size=PAGE_SIZE)
         self._head = self.db.read_now(self._load)
+        self._staged: list[Entry] = []  # visible, not yet committed; seqs _head+1 .. _vhead (gaps: dropped)
+        self._unstaged: list[tuple] = []  # beyond the reservation: committed (and seen) at the next commit
+        #: ``(first, last)`` seqs skipped at open because the last stop was unclean, else None
+        self.skipped: tuple[int, int] | None = None
+        self._reserved = self._head if memory else self.db.write_sync(self._open_txn, RESERVE_AHEAD)
+        self._head = self.db.read_now(_head)
+        self._vhead = self._head
+        self._pending_acks: dict[str, int] = {}  # cursor name -> acked seq beyond the committed head
+        self._commit_lock = trio.Lock()
+        self.staged_dropped = 0
+
+    def _open_txn(self, conn: apsw.Connection, ahead: int) -> int:
+        head, reserved = conn.execute("SELECT head, reserved FROM meta").fetchall()[0]
+        if reserved > head:  # the last stop was unclean: staged entries may have been sent with these seqs
+            log.info("outbox %s: the last stop was unclean; new entries start after seq %d (seqs %d..%d "
+                     "may have been sent uncommitted and are never reused)", self.path, reserved, head + 1, reserved)
+            conn.execute("UPDATE cursor SET acked = ? WHERE acked >= ?", (reserved, head))
+            self.skipped = (head + 1, reserved)
+            head = reserved
+        conn.execute("UPDATE meta SET head = ?, reserved = ?", (head, head + ahead))
+        return head + ahead
+
+    def close(self) -> None:
+        """Close the store; a clean close releases the seq reservation (nothing staged is pending)."""
+        if not self.db.memory and not self._staged and not self._unstaged and not self.db._closed:
+            try:
+                self.db.write_sync(lambda c: c.execute("UPDATE meta SET reserved = head"))
+            except Exception as e:  # a full disk must not stop the shutdown; the next open skips the seqs
+                log.warning("outbox %s: could not release the seq reservation at close: %s", self.path, e)
+        super().close()
 
     def _load(self, conn: apsw.Connection) -> int:
         self._keys.load(conn)
@@ -271,16 +324,31 @@ class Outbox(BaseStore):
 
     @property
     def head(self) -> int:
-        """The seq of the newest entry ever appended (0 before the first)."""
+        """The seq of the newest entry ever appended or staged (0 before the first)."""
+        return self._vhead
+
+    @property
+    def committed_head(self) -> int:
+        """The seq of the newest committed (durable) entry."""
         return self._head
 
+    @property
+    def staged(self) -> int:
+        """Entries staged (or held beyond the reservation) and not yet committed."""
+        return len(self._staged) + len(self._unstaged)
+
     # -- append ------------------------------------------------------------
-    def _append_txn(self, conn: apsw.Connection, entries: Sequence[tuple], now: float) -> tuple:
+    def _append_txn(self, conn: apsw.Connection, entries: Sequence[tuple], now: float,
+                    first_seq: int | None = None) -> tuple:
         pk: dict[str, int] = {}
         pkind: dict[str, int] = {}
         keys, kinds = self._keys, self._kinds
         key_ids, kind_ids = keys.ids, kinds.ids
         head = _head(conn)
+        if first_seq is not None:  # staged entries keep the seqs readers already saw (a gap: dropped ones)
+            if first_seq <= head:
+                raise ValueError(f"outbox: staged seq {first_seq} is not after the head {head}")
+            head = first_seq - 1
         seq = head
         size = 0
         rows = []
@@ -325,6 +393,8 @@ class Outbox(BaseStore):
         conn.executemany(_INSERT, rows)
         n = seq - head
         conn.execute("UPDATE meta SET head = ?, bytes = bytes + ?, appended = appended + ?", (seq, size, n))
+        if first_seq is not None and not self.db.memory:
+            conn.execute("UPDATE meta SET reserved = max(reserved, ?)", (seq + RESERVE_AHEAD,))
         dropped, reason, _more, size_now = self._enforce_txn(conn, now, self.drop_chunk)
         return seq, pk, pkind, dropped, reason, size_now
 
@@ -334,9 +404,92 @@ class Outbox(BaseStore):
         self._kinds.commit(pkind)
         if seq > self._head:
             self._head = seq
+        if self._head > self._vhead:
+            self._vhead = self._head
         self._episode_update(dropped, reason, size_now)
         self._notify()
         return seq
+
+    def stage(self, entries: Sequence[tuple[float, str, str, bytes]]) -> int:
+        """Make ``(ts, kind, key, payload)`` entries visible to cursors now, durable at the
+        next :meth:`commit_staged`; returns the seq of the last one. Never blocks."""
+        if not entries:
+            return self._vhead
+        seq = self._vhead
+        room = self._reserved - seq if not self.db.memory else len(entries)
+        if self._unstaged or room < len(entries):  # beyond the reservation: visible at the next commit
+            cut = max(0, room) if not self._unstaged else 0
+            self._unstaged.extend(entries[cut:])
+            entries = entries[:cut]
+        out = self._staged
+        for ts, kind, key, payload in entries:
+            if payload.__class__ is not bytes:
+                if not isinstance(payload, (bytes, bytearray, memoryview)):
+                    raise TypeError(f"outbox payload must be bytes, got {type(payload).__name__}")
+                payload = bytes(payload)
+            seq += 1
+            out.append(Entry(seq, round(ts * 1000) / 1000, kind, key, payload))
+        self._vhead = seq
+        self._notify()
+        return seq
+
+    def drop_staged(self, keep: int) -> int:
+        """Drop the oldest staged entries beyond ``keep`` (commits keep failing: disk full);
+        their seqs are never reused. Returns how many were dropped."""
+        n = self.staged - keep
+        if n <= 0:
+            return 0
+        k = min(n, len(self._staged))
+        del self._staged[:k]
+        del self._unstaged[: n - k]
+        self.staged_dropped += n
+        return n
+
+    def _commit_rows(self) -> tuple[int, int, list, int]:
+        staged, unstaged = self._staged, self._unstaged
+        first = staged[0].seq if staged else self._vhead + 1
+        rows = [(e.ts, e.kind, e.key, e.payload) for e in staged]
+        rows += unstaged
+        return len(staged), len(unstaged), rows, first
+
+    def _committed(self, ns: int, nu: int, result: tuple) -> None:
+        del self._staged[:ns]  # (entries staged meanwhile stay)
+        del self._unstaged[:nu]
+        self._appended(result)
+        self._reserved = max(self._reserved, self._head + RESERVE_AHEAD)
+
+    async def commit_staged(self) -> int:
+        """Write every staged entry in one transaction; returns the committed head.
+
+        On failure (disk full, I/O error) the entries stay staged and the error is raised.
+        """
+        async with self._commit_lock:
+            if not self.staged:
+                return self._head
+            ns, nu, rows, first = self._commit_rows()
+            result = await self.db.write(self._append_txn, rows, self.clock(), first)
+            self._committed(ns, nu, result)
+            await self._flush_pending_acks()
+            return self._head
+
+    def commit_staged_sync(self) -> int:
+        """Blocking :meth:`commit_staged` (plain threads, tests)."""
+        if not self.staged:
+            return self._head
+        ns, nu, rows, first = self._commit_rows()
+        result = self.db.write_sync(self._append_txn, rows, self.clock(), first)
+        self._committed(ns, nu, result)
+        for name, seq in list(self._pending_acks.items()):
+            self.db.write_sync(OutboxCursor(self, name)._ack_txn, min(seq, self._head))
+            if seq <= self._head:
+                self._pending_acks.pop(name, None)
+        return self._head
+
+    async def _flush_pending_acks(self) -> None:
+        for name, seq in list(self._pending_acks.items()):
+            await self.db.write(OutboxCursor(self, name)._ack_txn, min(seq, self._head))
+            if seq <= self._head:
+                self._pending_acks.pop(name, None)
 
     async def append(self, entries: Sequence[tuple[float, str, str, bytes]]) -> int:
         """Append ``(ts, kind, key, payload)`` entries in one transaction.
@@ -349,13 +502,23 @@ class Outbox(BaseStore):
         """
         if not entries:
             return self._head
-        return self._appended(await self.db.write(self._append_txn, entries, self.clock()))
+        if self.staged or self._vhead != self._head:
+            self.stage(entries)  # after what is staged, in seq order
+            return await self.commit_staged()
+        result = self._appended(await self.db.write(self._append_txn, entries, self.clock()))
+        self._vhead = max(self._vhead, self._head)
+        return result
 
     def append_sync(self, entries: Sequence[tuple[float, str, str, bytes]]) -> int:
         """Blocking :meth:`append` (plain threads, tests, the kill -9 helper)."""
         if not entries:
             return self._head
-        return self._appended(self.db.write_sync(self._append_txn, entries, self.clock()))
+        if self.staged or self._vhead != self._head:
+            self.stage(entries)
+            return self.commit_staged_sync()
+        result = self._appended(self.db.write_sync(self._append_txn, entries, self.clock()))
+        self._vhead = max(self._vhead, self._head)
+        return result
 
     # -- caps and compaction -------------------------------------------------
     def _enforce_txn(self, conn: apsw.Connection, now: float, limit: int) -> tuple[int, str, bool, int]:
@@ -555,9 +718,11 @@ class Outbox(BaseStore):
             row = conn.execute("SELECT acked FROM cursor WHERE name=?", (name,)).fetchall()
             if not row:
                 raise KeyError(f"outbox: no cursor {name!r}")
-            after = row[0][0]
+            after = max(row[0][0], self._pending_acks.get(name, 0))
         out: list[Entry] = []
         total = 0
+        staged = list(self._staged)  # (a snapshot before the disk read: an entry committed meanwhile is on disk)
+        disk_head = _head(conn)
         blocks = conn.execute("SELECT first, last, ts_first, data FROM block WHERE last > ? ORDER BY first", (after,))
         try:
             for first, last, ts_first, data in blocks:
@@ -568,6 +733,14 @@ class Outbox(BaseStore):
                     out.append(e)
         finally:
             blocks.close()
+        last = max(after, disk_head)
+        for e in staged:
+            if e.seq <= last:
+                continue
+            total += len(e.payload)
+            if len(out) >= max_items or (total > max_bytes and out):
+                break
+            out.append(e)
         return out
 
     def _cursor_row(self, conn: apsw.Connection, name: str, now: float) -> dict[str, Any]:
@@ -575,7 +748,14 @@ class Outbox(BaseStore):
         if not row:
             raise KeyError(f"outbox: no cursor {name!r}")
         acked, delivered, dropped = row[0]
-        head = _head(conn)
+        pending = self._pending_acks.get(name, 0)
+        if pending > acked:  # acknowledged upstream, persisted when those staged entries are committed
+            delivered += pending - acked
+            acked = pending
+        head = max(_head(conn), self._vhead)
+        stored = conn.execute("SELECT coalesce(sum(last - max(first, ?) + 1), 0) FROM block WHERE last > ?",
+                              (acked + 1, acked)).fetchall()[0][0]
+        backlog = stored + sum(1 for e in list(self._staged) if e.seq > acked) + len(self._unstaged)
         oldest = None
         if head > acked:
             block = conn.execute(
@@ -585,9 +765,13 @@ class Outbox(BaseStore):
                 first, last, ts_first, data = block[0]
                 ts = ts_first / 1000 if first > acked else self._block_entries(conn, *block[0])[acked - first + 1].ts
                 oldest = now - ts
+            else:
+                staged = [e for e in list(self._staged) if e.seq > acked]
+                if staged:
+                    oldest = now - staged[0].ts
         return {
             "acked": acked,
-            "backlog": max(0, head - acked),
+            "backlog": backlog,
             "oldest_age": oldest,
             "delivered": delivered,
             "dropped": dropped,
@@ -613,7 +797,7 @@ class Outbox(BaseStore):
             return {
                 "head": head,
                 "tail": tail,
-                "entries": 0 if tail is None else head - tail + 1,
+                "entries": conn.execute("SELECT coalesce(sum(last - first + 1), 0) FROM block").fetchall()[0][0],
                 "bytes": size,
                 "blocks": blocks,
                 "max_bytes": self.max_bytes,
@@ -646,7 +830,7 @@ class Outbox(BaseStore):
                 self._waiters.append(waiter)
             try:
                 pos = cursor.position() if position is None else position
-                if self._head > pos:
+                if self._vhead > pos:
                     await trio.lowlevel.checkpoint()
                     return
                 await event.wait()
@@ -716,20 +900,38 @@ class OutboxCursor:
         now acked by every cursor are compacted away in the same transaction
         (at most ``compact_chunk``).
         """
-        return await self.outbox.db.write(self._ack_txn, seq)
+        ob = self.outbox
+        if seq > ob._head:  # staged entries: durable up to the committed head now, the rest at their commit
+            if seq > ob._vhead:
+                raise ValueError(f"outbox cursor {self.name}: cannot ack {seq}, head is {ob._vhead}")
+            before = self.position()
+            ob._pending_acks[self.name] = max(seq, ob._pending_acks.get(self.name, 0))
+            if ob._head > before:
+                await ob.db.write(self._ack_txn, ob._head)
+            return max(0, seq - before)
+        return await ob.db.write(self._ack_txn, seq)
 
     def ack_sync(self, seq: int) -> int:
         """Blocking :meth:`ack`."""
-        return self.outbox.db.write_sync(self._ack_txn, seq)
+        ob = self.outbox
+        if seq > ob._head:
+            if seq > ob._vhead:
+                raise ValueError(f"outbox cursor {self.name}: cannot ack {seq}, head is {ob._vhead}")
+            before = self.position()
+            ob._pending_acks[self.name] = max(seq, ob._pending_acks.get(self.name, 0))
+            if ob._head > before:
+                ob.db.write_sync(self._ack_txn, ob._head)
+            return max(0, seq - before)
+        return ob.db.write_sync(self._ack_txn, seq)
 
     def position(self) -> int:
-        """The last acknowledged seq."""
+        """The last acknowledged seq (an ack of staged entries counts at once)."""
         rows = self.outbox.db.read_now(
             lambda c: c.execute("SELECT acked FROM cursor WHERE name=?", (self.name,)).fetchall()
         )
         if not rows:
             raise KeyError(f"outbox: no cursor {self.name!r}")
-        return rows[0][0]
+        return max(rows[0][0], self.outbox._pending_acks.get(self.name, 0))
 
     def status(self, now: float | None = None) -> dict[str, Any]:
         """``{"acked", "backlog", "oldest_age", "delivered", "dropped", "head"}`` in one snapshot."""

@@ -290,3 +290,59 @@ def test_block_round_trip_property(batches, block_entries, read_size):
         assert [(e.kind, e.key, e.payload) for e in got] == [(k, key, p) for _, k, key, p in want]
         assert [e.ts for e in got] == [round(ts * 1000) / 1000 for ts, *_ in want]
         assert ob.status()["entries"] == 0 and ob.status()["bytes"] == 0
+
+
+async def test_staged_entries_are_visible_at_once_and_committed_with_their_seqs(tmp_path):
+    def persisted(ob):
+        return ob.db.read_now(lambda c: c.execute("SELECT acked FROM cursor WHERE name='c'").fetchall())[0][0]
+
+    with Outbox(tmp_path / "outbox.db") as ob:
+        cur = await ob.open_cursor("c")
+        await ob.append(entries(2))
+        assert ob.stage(entries(3, ts=2000.0)) == 5
+        assert (ob.head, ob.committed_head, ob.staged) == (5, 2, 3)
+        got = cur.read_after(0)
+        assert [e.seq for e in got] == [1, 2, 3, 4, 5] and got[2].ts == 2000.0
+        with trio.fail_after(5):
+            await cur.wait_for_data(4)  # a stage wakes waiters: no commit needed
+        # acking staged entries: durable up to the committed head now, the rest at the commit
+        assert await cur.ack(4) == 4
+        assert (cur.position(), cur.backlog(), cur.delivered, persisted(ob)) == (4, 1, 4, 2)
+        assert [e.seq for e in cur.read()] == [5]
+        assert await ob.commit_staged() == 5
+        assert (ob.staged, ob.committed_head, persisted(ob)) == (0, 5, 4)
+        assert cur.read() == got[4:]  # from disk now: same seq, same entry
+        ob.stage(entries(1))
+        assert await ob.append(entries(1)) == 7 and ob.staged == 0  # append after staged keeps seq order
+        assert ob.status()["entries"] == 5  # block 1..2 (acked) compacted away; 3..7 stored
+
+
+async def test_an_unclean_stop_never_reuses_a_seq_that_may_have_been_sent(tmp_path):
+    path = tmp_path / "outbox.db"
+    ob = Outbox(path)
+    done, slow = await ob.open_cursor("done"), await ob.open_cursor("slow")
+    await ob.append(entries(3))
+    await done.ack(3)
+    ob.stage(entries(5))  # seqs 4..8: visible (a connector may have sent them), never committed
+    assert [e.seq for e in done.read()] == [4, 5, 6, 7, 8]
+    ob.db.close()  # kill -9: no commit, no clean close
+    with Outbox(path) as ob:
+        first, last = ob.skipped
+        assert first == 4 and last == ob.head and last >= 8
+        assert ob.cursor("done").position() == last and ob.cursor("done").backlog() == 0
+        s = ob.cursor("slow")
+        assert s.position() == 0 and s.backlog() == 3  # the 3 committed entries, not the skipped seqs
+        assert await ob.append(entries(2)) == last + 2
+        assert [e.seq for e in s.read()] == [1, 2, 3, last + 1, last + 2] and s.backlog() == 5
+        assert ob.status()["entries"] == 5
+    with Outbox(path) as ob:  # that stop was clean: nothing skipped
+        assert ob.skipped is None and ob.head == last + 2
+
+
+async def test_memory_outbox_stages_and_commits(tmp_path):
+    with Outbox(None, memory=True) as ob:
+        cur = ob.cursor("c")
+        ob.stage(entries(3))
+        assert [e.seq for e in cur.read()] == [1, 2, 3]
+        await cur.ack(2)
+        assert await ob.commit_staged() == 3 and cur.position() == 2 and cur.backlog() == 1
