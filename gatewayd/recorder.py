@@ -42,6 +42,7 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger("gatewayd.recorder")
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=str).encode
+_loads = json.JSONDecoder().decode
 
 
 def _jsonable(v: Any) -> Any:
@@ -50,9 +51,26 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
+#: statuses are a closed set of plain words: safe to put in JSON without escaping
+_STATUS_JSON = {s: f',"{s}"]'.encode() for s in ("ok", "stale", "fault", "down", "disabled", "unknown",
+                                                  "remote-fault", "remote-down", "remote-stale")}
+_float_repr = float.__repr__
+_int_repr = int.__repr__
+_isfinite = math.isfinite
+
+
 def encode_event(ev: Event) -> tuple[float, str, str, bytes]:
     """(ts, kind, key, payload) for the outbox."""
     if type(ev) is ValueChanged:
+        if not ev.flags:  # the common case, written without the JSON encoder (same bytes, ~4x faster)
+            tail = _STATUS_JSON.get(ev.status)
+            v = ev.value
+            tv = type(v)
+            if tail is not None:
+                if tv is float and _isfinite(v):
+                    return ev.ts, "value", ev.point, b"[" + _float_repr(v).encode() + tail
+                if tv is int:
+                    return ev.ts, "value", ev.point, b"[" + _int_repr(v).encode() + tail
         body = [_jsonable(ev.value), ev.status]
         if ev.flags:
             body.append(list(ev.flags))
@@ -67,7 +85,7 @@ def encode_event(ev: Event) -> tuple[float, str, str, bytes]:
 def decode_entry(gw: "Gateway | None", entry) -> dict:
     """Outbox entry -> event dict (``kind``, ``seq``, ``ts`` and the event's fields)."""
     seq, ts, kind, key, payload = entry[0], entry[1], entry[2], entry[3], entry[4]
-    body = json.loads(payload)
+    body = _loads(payload.decode())  # (str in: json.loads on bytes first sniffs the encoding)
     if kind == "value":
         d = {"kind": "value", "seq": seq, "ts": ts, "point": key, "value": body[0], "status": body[1],
              "flags": body[2] if len(body) > 2 else []}

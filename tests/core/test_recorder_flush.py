@@ -38,3 +38,28 @@ async def test_a_connector_gets_values_long_before_the_commit(tmp_path):
     with Outbox(tmp_path / "var" / "outbox.db") as ob:
         assert ob.skipped is None and ob.committed_head >= head_at_stop
         assert ob.cursor("up").position() >= 20
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-2**70, 2**70), st.booleans(),
+                 st.none(), st.text(max_size=5)),
+       st.sampled_from(["ok", "stale", "fault", "down", "disabled", "unknown", "odd\"status"]),
+       st.sampled_from([(), ("fault",)]))
+def test_outbox_value_payload_is_the_json_of_value_and_status(value, status, flags):
+    """The recorder's fast writer gives byte for byte what the JSON encoder gives, and reads back."""
+    import json
+    import math
+
+    from gatewayd.events import ValueChanged
+    from gatewayd.recorder import decode_entry, encode_event
+
+    ts, kind, key, payload = encode_event(ValueChanged(1.5, "d/p", "d", "drv", value, status, None, flags))
+    v = None if isinstance(value, float) and not math.isfinite(value) else value
+    expected = [v, status] + ([list(flags)] if flags else [])
+    assert payload == json.dumps(expected, separators=(",", ":"), ensure_ascii=False).encode()
+    back = decode_entry(None, (7, ts, kind, key, payload))
+    assert back["value"] == v and type(back["value"]) is type(v) and back["status"] == status
