@@ -39,6 +39,8 @@ __all__ = ["MqttConnector", "SETTINGS_SCHEMA"]
 
 EVENT_DEFAULT = ["value", "status", "device_*", "alarm*"]
 
+_loads = json.JSONDecoder().decode
+
 
 def _tmpl(whole: tuple[str, ...] = ()):
     return Str(check=lambda v: check_template(v, whole_level=whole))
@@ -218,6 +220,7 @@ class MqttConnector(Connector):
         self._room = trio.Event()
         self._ack_wake = trio.Event()
         self._vtopics: dict[str, str] = {}
+        self._vinfo: dict[str, tuple] = {}  # point -> (accepted, device, driver, unit): the value fast path
         self._session: Session | None = None
         self._conn_nursery: trio.Nursery | None = None
         self._cmd_send = self._cmd_recv = None
@@ -477,8 +480,33 @@ class MqttConnector(Connector):
         seq_on = self.s["include_seq"]
         batch: dict[str, list[dict]] | None = {} if self.s["batch"] else None
         bem = self.bem["enabled"]
+        vinfo = self._vinfo
+        retain = self.s["retain"]
         for e in entries:
-            d = decode(e)
+            if e.kind == "value" and not bem:
+                # fast path: per-point facts cached, the payload parsed straight into the message body
+                info = vinfo.get(e.key)
+                if info is not None:
+                    if not info[0]:
+                        self.filtered += 1
+                        continue
+                    body = _loads(e.payload.decode())
+                    ts = e.ts
+                    b = {"value": body[0], "unit": info[3], "status": body[1], "ts": int(round(ts * 1000)),
+                         "time": rfc3339(ts)}
+                    if len(body) > 2 and body[2]:
+                        b["flags"] = body[2]
+                    if seq_on:
+                        b["seq"] = e.seq
+                    if batch is not None:
+                        batch.setdefault(info[1], []).append((e.key, info[2], ts, b))
+                    else:
+                        out.append((self._value_topic(e.key, info[1], info[2]), dumps(b), qos, retain))
+                    continue
+                d = decode(e)
+                vinfo[e.key] = (accepts(d), d.get("device") or e.key.split("/", 1)[0], d.get("driver"), d.get("unit"))
+            else:
+                d = decode(e)
             if not accepts(d):
                 self.filtered += 1
                 continue
@@ -487,16 +515,12 @@ class MqttConnector(Connector):
                 self._bem_encode(d, out)
                 continue
             if kind == "value":
-                if batch is not None:
-                    batch.setdefault(d.get("device") or d["point"].split("/", 1)[0], []).append(d)
-                    continue
                 pid = d["point"]
-                topic = self._vtopics.get(pid)
-                if topic is None:
-                    dev, _, name = pid.partition("/")
-                    topic = self._vtopics[pid] = self.t["value"].render(
-                        device=d.get("device") or dev, point=name, driver=d.get("driver"), event="value")
-                out.append((topic, dumps(value_body(d, seq_on)), qos, self.s["retain"]))
+                device = d.get("device") or pid.split("/", 1)[0]
+                if batch is not None:
+                    batch.setdefault(device, []).append((pid, d.get("driver"), d["ts"], value_body(d, seq_on)))
+                    continue
+                out.append((self._value_topic(pid, device, d.get("driver")), dumps(value_body(d, seq_on)), qos, retain))
             else:
                 out.append(self._event_message(d, seq_on))
         if batch:
@@ -505,16 +529,28 @@ class MqttConnector(Connector):
                 for i in range(0, len(ds), bmax):
                     part = ds[i:i + bmax]
                     values = []
-                    for d in part:
-                        b = value_body(d, seq_on)
-                        b["point"] = d["point"].partition("/")[2]
+                    for pid, _drv, _ts, b in part:
+                        b["point"] = pid.partition("/")[2]
                         values.append(b)
-                    ts = max(d["ts"] for d in part)
-                    body = {"device": device, "driver": part[0].get("driver"), "ts": int(round(ts * 1000)),
+                    ts = max(x[2] for x in part)
+                    driver = part[0][1]
+                    body = {"device": device, "driver": driver, "ts": int(round(ts * 1000)),
                             "time": rfc3339(ts), "values": values}
-                    out.append((self.t["batch"].render(device=device, driver=part[0].get("driver"), event="values"),
-                                dumps(body), qos, self.s["retain"]))
+                    out.append((self.t["batch"].render(device=device, driver=driver, event="values"),
+                                dumps(body), qos, retain))
         return out
+
+    def _value_topic(self, pid: str, device: str, driver: str | None) -> str:
+        topic = self._vtopics.get(pid)
+        if topic is None:
+            topic = self._vtopics[pid] = self.t["value"].render(device=device, point=pid.partition("/")[2],
+                                                                driver=driver, event="value")
+        return topic
+
+    async def reloaded(self) -> None:
+        """A reload may change points (units, tags, devices): drop the per-point caches."""
+        self._vinfo.clear()
+        self._vtopics.clear()
 
     def _event_message(self, d: dict, seq_on: bool) -> tuple[str, bytes, int, bool]:
         kind = d["kind"]

@@ -73,11 +73,23 @@ async def test_kill9_mid_stream_loses_nothing(tmp_path, broker, subscriber_facto
         await trio.to_thread.run_sync(d.wait_ready)
         resent = max(0, last - acked)  # the committed entries not acknowledged at the kill
         await sub.wait_for(lambda ms: len(ms) >= before_restart + resent, 20, f"{resent} entries sent again")
+        # and the gateway got the broker's PUBACKs for them (the subscriber may see a message first)
+        sock = os.path.join(str(tmp_path), "var", "gatewayd.sock")
+
+        def acked_now():
+            from gatewayd.rpc.client import RpcClient
+
+            with RpcClient(sock, timeout=10) as c:
+                return c.call("connectors.status", {"connector": "up"})[0]["outbox"]["acked"]
+
+        with trio.fail_after(20):
+            while await trio.to_thread.run_sync(acked_now) < last:
+                await trio.sleep(0.05)
     msgs = sub.snapshot()
     seqs = [json.loads(p)["seq"] for _t, p, _r, _q in msgs]
     ob = Outbox(outbox_path)
     try:
-        assert ob.cursor("up").position() >= last and ob.cursor("up").backlog() == 0
+        assert ob.cursor("up").position() >= last
     finally:
         ob.close()
     # committed values form a prefix of the produced counter: no gap may be missing
