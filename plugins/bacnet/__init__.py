@@ -1,8 +1,7 @@
 """``bacnet``: BACnet/IP driver on bacpypes3, hosted on the core's asyncio bridge.
 
-One bacpypes3 stack per configured network (``ip`` or ``foreign``; ``ipv6`` is
-refused by check-config — bacpypes3 0.0.1xx has no BACnet/IPv6 application
-layer). Reading packs ReadPropertyMultiple to the device's max APDU and ours,
+One bacpypes3 stack per configured network (``ip``, ``ipv6`` — Annex U, wired
+by :mod:`.ipv6` from bacpypes3's own pieces — or ``foreign``). Reading packs ReadPropertyMultiple to the device's max APDU and ours,
 shrinks batches on "segmentation not supported" and uses ReadProperty after
 "unrecognized service" (both remembered in state.db);
 SubscribeCOV / SubscribeCOVProperty with renewal at 0.75 of the lifetime,
@@ -32,8 +31,14 @@ EXTRA = "bacnet"
 DEFAULT_PORT = 47808
 
 NETWORK_SCHEMA = Schema({
-    "mode": Key(Enum("ip", "ipv6", "foreign"), "ip", "ip: BACnet/IP on a local subnet; foreign: register with a BBMD"),
-    "address": Key(Str(), None, "local address with prefix for the broadcast domain, e.g. \"192.168.1.10/24\""),
+    "mode": Key(Enum("ip", "ipv6", "foreign"), "ip", "ip: BACnet/IP on a local subnet; ipv6: BACnet/IPv6 "
+                                                    "(Annex U); foreign: register with a BBMD"),
+    "address": Key(Str(), None, "local address with prefix for the broadcast domain, e.g. \"192.168.1.10/24\"; "
+                                "ipv6: e.g. \"fd00::10\" or \"[fe80::10%eth0]:47808\""),
+    "vmac": Key(Str(), None, "ipv6: our virtual MAC address, 3 octets (default: server_device_instance, "
+                             "e.g. \"0x0004d2\")"),
+    "peers": Key(Map(item=Str()), None, "ipv6: known stations, VMAC = \"[address]:port\", for networks where "
+                                   "multicast address resolution does not reach"),
     "port": Key(Int(min=0, max=65535), DEFAULT_PORT, "local UDP port (0: any, foreign devices only)"),
     "interface": Key(Str(), None, "take the address of this interface when 'address' is not set"),
     "bbmd_addr": Key(Str(), None, "foreign mode: the BBMD, \"host\" or \"host:port\""),
@@ -163,8 +168,25 @@ class BacnetDriver(Driver):
                                                 "'server_device_instance' (our own BACnet device instance)")
         for name, n in nets.items():
             if n["mode"] == "ipv6":
-                yield (("networks", name, "mode"), f"network {name}: mode = \"ipv6\" is not available yet "
-                                                   "(bacpypes3 has no BACnet/IPv6 application layer)")
+                if not n.get("address"):
+                    yield (("networks", name, "address"), f"network {name}: mode = \"ipv6\" needs address "
+                                                          "(e.g. \"fd00::10\")")
+                from .ipv6 import parse_ipv6, parse_vmac
+
+                for key, check in ([("address", parse_ipv6)] if n.get("address") else []) + \
+                        ([("vmac", parse_vmac)] if n.get("vmac") else []):
+                    try:
+                        check(n[key].split("/")[0] if key == "address" and not n[key].startswith("[") else n[key])
+                    except ValueError as e:
+                        yield (("networks", name, key), f"network {name}: {e}")
+                for vm, addr in (n.get("peers") or {}).items():
+                    try:
+                        parse_vmac(vm)
+                        parse_ipv6(addr)
+                    except ValueError as e:
+                        yield (("networks", name, "peers", vm), f"network {name}: peers: {e}")
+            elif n.get("vmac") or n.get("peers"):
+                yield (("networks", name), f"network {name}: vmac and peers are only for mode = \"ipv6\"")
             if n["mode"] == "foreign" and not n.get("bbmd_addr"):
                 yield (("networks", name, "bbmd_addr"), f"network {name}: mode = \"foreign\" needs bbmd_addr")
             if n["mode"] != "foreign" and n.get("bbmd_addr"):
@@ -236,6 +258,10 @@ class BacnetDriver(Driver):
 
     def _local_address(self, name: str, n: dict) -> str:
         addr = n.get("address")
+        if n["mode"] == "ipv6":
+            if addr.startswith("["):
+                return addr if "]:" in addr else f"{addr}:{n['port']}"
+            return f"[{addr.split('/')[0]}]:{n['port']}"
         if not addr:
             addr = _interface_address(n["interface"])
         if ":" in addr.split("/")[-1]:
@@ -253,7 +279,7 @@ class BacnetDriver(Driver):
             stack = await self.aio.run_sync(partial(
                 Stack, name, n["mode"], addr, s["server_device_instance"], s["server_device_name"],
                 int(s["apdu_timeout"] * 1000), s["apdu_retries"], send, bbmd=bbmd, ttl=n["ttl"],
-                renew=n["reregister_at"]))
+                renew=n["reregister_at"], vmac=n.get("vmac"), peers=n.get("peers")))
         except BacnetError as e:
             raise RuntimeError(f"network {name}: {e.reason}") from None
         self.stacks[name] = stack
@@ -262,6 +288,8 @@ class BacnetDriver(Driver):
         if cs.cancelled_caught:
             raise RuntimeError(f"network {name}: cannot bind {addr} (address not on this host, or in use)")
         self.net_status[name] = {"mode": n["mode"], "address": addr, "registration": None}
+        if n["mode"] == "ipv6":
+            self.net_status[name]["vmac"] = stack.vmac
         if n["mode"] == "foreign":
             self.net_status[name].update(bbmd=bbmd, ttl=n["ttl"], registration="pending")
         self.log.info("network %s: %s on %s%s", name, n["mode"], addr, f" (BBMD {bbmd})" if bbmd else "")

@@ -39,9 +39,11 @@ from bacpypes3.constructeddata import AnyAtomic, Array, List as BList, Sequence
 from bacpypes3.ipv4.link import ForeignLinkLayer, NormalLinkLayer
 from bacpypes3.local.device import DeviceObject
 from bacpypes3.netservice import NetworkServiceAccessPoint, NetworkServiceElement
-from bacpypes3.pdu import Address, GlobalBroadcast, IPv4Address
+from bacpypes3.pdu import GlobalBroadcast, IPv4Address
 from bacpypes3.primitivedata import (BitString, Boolean, CharacterString, Date, Double, Enumerated, Integer, Null,
                                      ObjectIdentifier, Real, Time, Unsigned)
+
+from .ipv6 import IPv6Link, parse_ipv6, parse_vmac, station_address, vmac_for_instance
 
 __all__ = ["Stack", "BacnetError", "plain", "SEGMENTATION"]
 
@@ -195,14 +197,20 @@ class Stack:
 
     def __init__(self, name: str, mode: str, address: str, device_instance: int, device_name: str,
                  apdu_timeout_ms: int, apdu_retries: int, events: Callable[[tuple], None],
-                 bbmd: str | None = None, ttl: int = 300, renew: float = 0.75) -> None:
+                 bbmd: str | None = None, ttl: int = 300, renew: float = 0.75, vmac: str | None = None,
+                 peers: dict | None = None) -> None:
         self.name = name
         self.mode = mode
         self.events = events
-        if mode == "ipv6":
-            raise BacnetError("invalid", "mode = \"ipv6\" needs BACnet/IPv6 virtual addressing, which this "
-                                         "bacpypes3 version does not provide")
-        local = IPv4Address(address)
+        self.ipv6 = mode == "ipv6"
+        if self.ipv6:
+            try:
+                local = parse_ipv6(address)
+                vaddr = parse_vmac(vmac or vmac_for_instance(device_instance))
+            except ValueError as e:
+                raise BacnetError("invalid", str(e)) from None
+        else:
+            local = IPv4Address(address)
         self.local = local
         device = DeviceObject(
             objectIdentifier=("device", device_instance), objectName=device_name, vendorIdentifier=999,
@@ -225,20 +233,33 @@ class Stack:
             link.renew = renew
             link.report = lambda status: events(("fd", name, status))
             link.register(IPv4Address(bbmd), int(ttl))
+        elif self.ipv6:
+            link = IPv6Link(local, vaddr)
+            for peer_vmac, peer_addr in (peers or {}).items():
+                try:
+                    link.learn(peer_vmac, peer_addr)
+                except ValueError as e:
+                    raise BacnetError("invalid", f"peers: {e}") from None
+            self.vmac = str(vaddr)
         else:
             link = NormalLinkLayer(local)
         self.link = link
-        app.nsap.bind(link, address=local)
+        app.nsap.bind(link, address=vaddr if self.ipv6 else local)
         app.add_object(device)
         self.app = app
         self.device = device
+
+    def _addr(self, address: str):
+        return station_address(address, self.ipv6)
 
     # ------------------------------------------------------------------ lifecycle
     async def ready(self) -> str:
         """Wait until the UDP socket(s) are bound; return the local address."""
         await asyncio.gather(*self.link.server._transport_tasks)
-        await self.link.server._local_transport_ready.wait()
-        return str(self.local)
+        ready = getattr(self.link.server, "_local_transport_ready", None)  # (IPv4 only)
+        if ready is not None:
+            await ready.wait()
+        return str(self.local) if not self.ipv6 else f"{self.local} (VMAC {self.vmac})"
 
     def close(self) -> None:
         if self.mode == "foreign":
@@ -265,7 +286,7 @@ class Stack:
 
     async def who_is(self, low: int | None, high: int | None, address: str | None) -> None:
         """Send a Who-Is (global broadcast unless ``address``); I-Ams arrive as events."""
-        req = WhoIsRequest(destination=Address(address) if address else GlobalBroadcast())
+        req = WhoIsRequest(destination=self._addr(address) if address else GlobalBroadcast())
         if low is not None:
             req.deviceInstanceRangeLowLimit = low
             req.deviceInstanceRangeHighLimit = high
@@ -275,14 +296,14 @@ class Stack:
                       address: str | None) -> None:
         obj = WhoHasObject(objectIdentifier=ObjectIdentifier(object_id)) if object_id else \
             WhoHasObject(objectName=CharacterString(name))
-        req = WhoHasRequest(object=obj, destination=Address(address) if address else GlobalBroadcast())
+        req = WhoHasRequest(object=obj, destination=self._addr(address) if address else GlobalBroadcast())
         if low is not None:
             req.limits = WhoHasLimits(deviceInstanceRangeLowLimit=low, deviceInstanceRangeHighLimit=high)
         await self._request(req)
 
     async def read(self, address: str, object_id: str, prop: str, index: int | None = None) -> Any:
         try:
-            v = await self.app.read_property(Address(address), ObjectIdentifier(object_id),
+            v = await self.app.read_property(self._addr(address), ObjectIdentifier(object_id),
                                              PropertyIdentifier(prop), index)
         except ErrorRejectAbortNack as e:
             raise _as_error(e) from None
@@ -306,7 +327,7 @@ class Stack:
                     refs.append(PropertyIdentifier(p))
             params.extend([ObjectIdentifier(oid), refs])
         try:
-            res = await self.app.read_property_multiple(Address(address), params)
+            res = await self.app.read_property_multiple(self._addr(address), params)
         except ErrorRejectAbortNack as e:
             raise _as_error(e) from None
         if isinstance(res, ErrorRejectAbortNack):
@@ -337,7 +358,7 @@ class Stack:
         else:
             v = value
         try:
-            r = await self.app.write_property(Address(address), oid, PropertyIdentifier(prop), v,
+            r = await self.app.write_property(self._addr(address), oid, PropertyIdentifier(prop), v,
                                               index, priority)
         except ErrorRejectAbortNack as e:
             raise _as_error(e) from None
@@ -354,7 +375,7 @@ class Stack:
         ``confirmed=None`` cancel."""
         cls = SubscribeCOVPropertyRequest if prop else SubscribeCOVRequest
         req = cls(subscriberProcessIdentifier=process_id, monitoredObjectIdentifier=ObjectIdentifier(object_id),
-                  destination=Address(address))
+                  destination=self._addr(address))
         if lifetime is not None:
             req.issueConfirmedNotifications = bool(confirmed)
             req.lifetime = int(lifetime)
@@ -370,18 +391,18 @@ class Stack:
         dt = DateTime(date=Date((now.year - 1900, now.month, now.day, now.isoweekday())),
                       time=Time((now.hour, now.minute, now.second, now.microsecond // 10000)))
         cls = UTCTimeSynchronizationRequest if utc else TimeSynchronizationRequest
-        await self._request(cls(time=dt, destination=Address(address) if address else GlobalBroadcast()))
+        await self._request(cls(time=dt, destination=self._addr(address) if address else GlobalBroadcast()))
         return now.isoformat()
 
     async def reinitialize(self, address: str, state: str, password: str | None) -> None:
-        req = ReinitializeDeviceRequest(reinitializedStateOfDevice=state, destination=Address(address))
+        req = ReinitializeDeviceRequest(reinitializedStateOfDevice=state, destination=self._addr(address))
         if password:
             req.password = CharacterString(password)
         await self._request(req)
 
     async def communication_control(self, address: str, enable: str, duration_min: int | None,
                                     password: str | None) -> None:
-        req = DeviceCommunicationControlRequest(enableDisable=enable, destination=Address(address))
+        req = DeviceCommunicationControlRequest(enableDisable=enable, destination=self._addr(address))
         if duration_min is not None:
             req.timeDuration = Unsigned(duration_min)
         if password:

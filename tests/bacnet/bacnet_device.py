@@ -2,6 +2,10 @@
 
     python bacnet_device.py --address 127.0.0.2:47810 --instance 1001 --objects 60 \
         [--max-apdu 206] [--segmentation none|both] [--no-rpm] [--no-cov] [--bbmd] [--foreign BBMD --ttl 30]
+    python bacnet_device.py --ipv6 --address "[::1]:47810" --instance 1001 [--peer 0x000257=[::1]:47811]
+
+With ``--ipv6`` the device speaks BACnet/IPv6 through gatewayd's own IPv6 link
+(its VMAC is its instance number); ``--peer VMAC=[addr]:port`` seeds its VMAC table.
 
 Objects cycle through AI, AO, AV, BI, BO, BV, MSI, MSO, MSV (instances 1, 2, ...);
 outputs and values are commandable (priority array + relinquish default). The
@@ -181,6 +185,21 @@ def build(args) -> TestApp:
     app.nse = NetworkServiceElement()
     bind(app.nse, app.nsap)
     bind(app, app.asap, app.nsap)
+    if args.ipv6:
+        from gatewayd_bacnet.ipv6 import IPv6Link, parse_ipv6, parse_vmac, vmac_for_instance
+
+        vmac = parse_vmac(vmac_for_instance(args.instance))
+        link = IPv6Link(parse_ipv6(args.address), vmac)
+        for peer in args.peer:
+            pv, _, pa = peer.partition("=")
+            link.learn(pv, pa)
+        app.link = link
+        app.nsap.bind(link, address=vmac)
+        app.add_object(device)
+        for i in range(args.objects):
+            kind = KINDS[i % len(KINDS)]
+            app.add_object(make_object(kind, i // len(KINDS) + 1, f"d{args.instance}"))
+        return app
     addr = IPv4Address(args.address)
     if args.bbmd:
         link = BBMDLinkLayer(addr)
@@ -198,6 +217,14 @@ def build(args) -> TestApp:
     return app
 
 
+def _addr(text: str):
+    if text.startswith("0x") and len(text) == 8:  # a BACnet/IPv6 VMAC
+        from bacpypes3.pdu import VirtualAddress
+
+        return VirtualAddress(text)
+    return Address(text)
+
+
 async def command(app: TestApp, line: str) -> str:
     parts = line.split()
     if not parts:
@@ -208,10 +235,10 @@ async def command(app: TestApp, line: str) -> str:
     if cmd == "status":
         return "STATUS " + json.dumps(app.log, default=str)
     if cmd == "iam":
-        app.i_am(address=Address(parts[1]))
+        app.i_am(address=_addr(parts[1]))
         return "OK"
     if cmd == "read":
-        value = await app.read_property(Address(parts[1]), ObjectIdentifier(parts[2]), parts[3])
+        value = await app.read_property(_addr(parts[1]), ObjectIdentifier(parts[2]), parts[3])
         return f"VALUE {value}"
     if cmd == "subs":
         n = sum(len(det.cov_subscriptions) for det in app._cov_detections.values()) + len(app.prop_subs)
@@ -263,6 +290,8 @@ async def main() -> None:
     p.add_argument("--bbmd", action="store_true")
     p.add_argument("--foreign", default=None)
     p.add_argument("--ttl", type=int, default=30)
+    p.add_argument("--ipv6", action="store_true", help="BACnet/IPv6 on --address \"[addr]:port\"")
+    p.add_argument("--peer", action="append", default=[], help="ipv6: VMAC=[addr]:port of a known station")
     args = p.parse_args()
     app = build(args)
     await asyncio.gather(*getattr(app.link.server, "_transport_tasks", []))

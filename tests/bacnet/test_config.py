@@ -24,6 +24,12 @@ address = "10.0.0.1"
 [drivers.bac.networks.b]
 mode = "ipv6"
 address = "fd00::1"
+vmac = "0x12"
+peers = { "0x000005" = "[fd00::5]:47808", "0x000006" = "fd00::6]" }
+[drivers.bac.networks.e]
+mode = "ip"
+address = "10.0.0.2"
+vmac = "0x000001"
 [drivers.bac.devices.d1]
 device_instance = 5
 [drivers.bac.devices.d1.points.p]
@@ -36,7 +42,9 @@ property = "present-value"
 """)
     assert "server_device_instance" in msg
     assert "needs bbmd_addr" in msg
-    assert "ipv6" in msg and "not available" in msg
+    assert "network b: '0x12' is not a virtual MAC address (3 octets" in msg
+    assert "network b: peers: " in msg and "fd00::6]" in msg
+    assert "network e: vmac and peers are only for mode = \"ipv6\"" in msg
     assert "several networks" in msg
     assert "no network 'c'" in msg
     assert 'an object id looks like "analog-input,3"' in msg
