@@ -37,6 +37,8 @@ NETWORK_SCHEMA = Schema({
                                 "ipv6: e.g. \"fd00::10\" or \"[fe80::10%eth0]:47808\""),
     "vmac": Key(Str(), None, "ipv6: our virtual MAC address, 3 octets (default: server_device_instance, "
                              "e.g. \"0x0004d2\")"),
+    "routes": Key(Map(item=Str()), None, "static paths to remote networks, DNET = router address, e.g. "
+                                         "{ \"2\" = \"192.168.1.20:47808\" } (otherwise learned from traffic)"),
     "peers": Key(Map(item=Str()), None, "ipv6: known stations, VMAC = \"[address]:port\", for networks where "
                                    "multicast address resolution does not reach"),
     "port": Key(Int(min=0, max=65535), DEFAULT_PORT, "local UDP port (0: any, foreign devices only)"),
@@ -185,7 +187,11 @@ class BacnetDriver(Driver):
                         parse_ipv6(addr)
                     except ValueError as e:
                         yield (("networks", name, "peers", vm), f"network {name}: peers: {e}")
-            elif n.get("vmac") or n.get("peers"):
+            for dnet in (n.get("routes") or {}):
+                if not (dnet.isdigit() and 1 <= int(dnet) <= 65534):
+                    yield (("networks", name, "routes", dnet), f"network {name}: routes: {dnet!r} is not a "
+                                                               "network number (1..65534)")
+            if n["mode"] != "ipv6" and (n.get("vmac") or n.get("peers")):
                 yield (("networks", name), f"network {name}: vmac and peers are only for mode = \"ipv6\"")
             if n["mode"] == "foreign" and not n.get("bbmd_addr"):
                 yield (("networks", name, "bbmd_addr"), f"network {name}: mode = \"foreign\" needs bbmd_addr")
@@ -279,7 +285,7 @@ class BacnetDriver(Driver):
             stack = await self.aio.run_sync(partial(
                 Stack, name, n["mode"], addr, s["server_device_instance"], s["server_device_name"],
                 int(s["apdu_timeout"] * 1000), s["apdu_retries"], send, bbmd=bbmd, ttl=n["ttl"],
-                renew=n["reregister_at"], vmac=n.get("vmac"), peers=n.get("peers")))
+                renew=n["reregister_at"], vmac=n.get("vmac"), peers=n.get("peers"), routes=n.get("routes")))
         except BacnetError as e:
             raise RuntimeError(f"network {name}: {e.reason}") from None
         self.stacks[name] = stack

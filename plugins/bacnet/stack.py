@@ -39,13 +39,22 @@ from bacpypes3.constructeddata import AnyAtomic, Array, List as BList, Sequence
 from bacpypes3.ipv4.link import ForeignLinkLayer, NormalLinkLayer
 from bacpypes3.local.device import DeviceObject
 from bacpypes3.netservice import NetworkServiceAccessPoint, NetworkServiceElement
-from bacpypes3.pdu import GlobalBroadcast, IPv4Address
+from bacpypes3.pdu import Address, GlobalBroadcast, IPv4Address
 from bacpypes3.primitivedata import (BitString, Boolean, CharacterString, Date, Double, Enumerated, Integer, Null,
                                      ObjectIdentifier, Real, Time, Unsigned)
 
 from .ipv6 import IPv6Link, parse_ipv6, parse_vmac, station_address, vmac_for_instance
 
-__all__ = ["Stack", "BacnetError", "plain", "SEGMENTATION"]
+__all__ = ["Stack", "BacnetError", "plain", "SEGMENTATION", "address_text"]
+
+
+def address_text(addr) -> str:
+    """An address as the TOML writes it: a station on a remote BACnet/IP network is
+    ``"net:a.b.c.d:port"`` (bacpypes3 prints it in hex), everything else as bacpypes3 does."""
+    raw = getattr(addr, "addrAddr", None)
+    if getattr(addr, "addrType", None) == Address.remoteStationAddr and raw is not None and len(raw) == 6:
+        return f"{addr.addrNet}:{raw[0]}.{raw[1]}.{raw[2]}.{raw[3]}:{int.from_bytes(raw[4:6], 'big')}"
+    return str(addr)
 
 SEGMENTATION = {"both": "segmented-both", "transmit": "segmented-transmit", "receive": "segmented-receive",
                 "none": "no-segmentation"}
@@ -154,11 +163,11 @@ class _App(Application):
         await self.device_info_cache.set_device_info(apdu)
         await super().do_IAmRequest(apdu)
         seg = str(apdu.segmentationSupported)
-        self.events(("i-am", self.network, apdu.iAmDeviceIdentifier[1], str(apdu.pduSource),
+        self.events(("i-am", self.network, apdu.iAmDeviceIdentifier[1], address_text(apdu.pduSource),
                      int(apdu.maxAPDULengthAccepted), _SEG_SHORT.get(seg, seg), int(apdu.vendorID)))
 
     async def do_IHaveRequest(self, apdu: IHaveRequest) -> None:
-        self.events(("i-have", self.network, apdu.deviceIdentifier[1], str(apdu.pduSource),
+        self.events(("i-have", self.network, apdu.deviceIdentifier[1], address_text(apdu.pduSource),
                      plain(apdu.objectIdentifier), str(apdu.objectName)))
 
     def _cov(self, apdu, confirmed: bool) -> None:
@@ -171,7 +180,7 @@ class _App(Application):
             except Exception:  # an undecodable value: skip it, keep the others
                 continue
             values[str(prop)] = plain(v)
-        self.events(("cov", self.network, str(apdu.pduSource), int(apdu.subscriberProcessIdentifier),
+        self.events(("cov", self.network, address_text(apdu.pduSource), int(apdu.subscriberProcessIdentifier),
                      plain(apdu.monitoredObjectIdentifier), values, confirmed))
 
     async def do_ConfirmedCOVNotificationRequest(self, apdu: ConfirmedCOVNotificationRequest) -> None:
@@ -198,10 +207,11 @@ class Stack:
     def __init__(self, name: str, mode: str, address: str, device_instance: int, device_name: str,
                  apdu_timeout_ms: int, apdu_retries: int, events: Callable[[tuple], None],
                  bbmd: str | None = None, ttl: int = 300, renew: float = 0.75, vmac: str | None = None,
-                 peers: dict | None = None) -> None:
+                 peers: dict | None = None, routes: dict | None = None) -> None:
         self.name = name
         self.mode = mode
         self.events = events
+        self.routes = dict(routes or {})
         self.ipv6 = mode == "ipv6"
         if self.ipv6:
             try:
@@ -256,6 +266,9 @@ class Stack:
     async def ready(self) -> str:
         """Wait until the UDP socket(s) are bound; return the local address."""
         await asyncio.gather(*self.link.server._transport_tasks)
+        for dnet, router in self.routes.items():  # static paths to remote networks (no Who-Is-Router needed)
+            await self.app.nsap.router_info_cache.update_path_info(
+                None, station_address(router, self.ipv6) if self.ipv6 else IPv4Address(router), {int(dnet)})
         ready = getattr(self.link.server, "_local_transport_ready", None)  # (IPv4 only)
         if ready is not None:
             await ready.wait()

@@ -30,6 +30,7 @@ peers = { "0x000005" = "[fd00::5]:47808", "0x000006" = "fd00::6]" }
 mode = "ip"
 address = "10.0.0.2"
 vmac = "0x000001"
+routes = { "70000" = "10.0.0.9:47808" }
 [drivers.bac.devices.d1]
 device_instance = 5
 [drivers.bac.devices.d1.points.p]
@@ -45,6 +46,7 @@ property = "present-value"
     assert "network b: '0x12' is not a virtual MAC address (3 octets" in msg
     assert "network b: peers: " in msg and "fd00::6]" in msg
     assert "network e: vmac and peers are only for mode = \"ipv6\"" in msg
+    assert "network e: routes: '70000' is not a network number (1..65534)" in msg
     assert "several networks" in msg
     assert "no network 'c'" in msg
     assert 'an object id looks like "analog-input,3"' in msg
