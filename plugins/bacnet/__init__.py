@@ -419,6 +419,28 @@ class BacnetDriver(Driver):
             d.object_count = int(learned["object_count"])
         self._show(d)
 
+    async def clear_learned(self, device_id: str) -> dict:
+        """Forget what a device taught us (ReadProperty fallback, smaller RPM batches): the next
+        cycles try ReadPropertyMultiple at the configured size again and learn afresh."""
+        d = self.device(device_id)
+        before = {"read_mode": d.read_mode, "batch_cap": d.batch_cap}
+        d.read_mode = d.s["read_mode"]
+        d.batch_cap = d.s["rpm_max_objects"]
+        learned = dict(self.ctx.kv_get(f"learned/{d.id}", {}) or {})
+        learned.pop("read_mode", None)
+        learned.pop("batch_cap", None)
+        await self.ctx.kv_set(f"learned/{d.id}", learned)
+        self._show(d)
+        return {"device": d.id, "forgotten": before}
+
+    async def reloaded(self) -> None:
+        """A reload that kept this instance (config unchanged) forgets learned read modes and batch caps."""
+        for d in self.devs.values():
+            if d.read_mode != d.s["read_mode"] or d.batch_cap != d.s["rpm_max_objects"]:
+                self.log.info("reload: forgetting what %s taught us (%s, batch cap %d)", d.id, d.read_mode,
+                              d.batch_cap)
+                await self.clear_learned(d.id)
+
     async def _learn(self, d: _Dev, **fields) -> None:
         learned = dict(self.ctx.kv_get(f"learned/{d.id}", {}) or {})
         learned.update(fields)

@@ -88,6 +88,11 @@ def register(registry, gateway) -> None:
         except BacnetError as e:
             raise failed(e) from None
 
+    async def clear_learned(call, device: str, driver: str | None = None):
+        """Forget a device's learned ReadProperty fallback and RPM batch cap; they are learned again."""
+        inst, d = driver_of_device(device, driver)
+        return await inst.clear_learned(d.id)
+
     async def networks(call, driver: str | None = None):
         """Networks of a bacnet driver: mode, local address, foreign-device registration."""
         inst = gateway.driver_instance("bacnet", driver)
@@ -103,5 +108,6 @@ def register(registry, gateway) -> None:
     registry.add("bacnet.networks", networks, role=Role.VIEWER)
     registry.add("bacnet.time_sync", time_sync, role=Role.OPERATOR, mutating=True)
     registry.add("bacnet.monitor", monitor, role=Role.OPERATOR, mutating=True)
+    registry.add("bacnet.clear_learned", clear_learned, role=Role.OPERATOR, mutating=True)
     registry.add("bacnet.reinitialize", reinitialize, role=Role.ADMIN, mutating=True)
     registry.add("bacnet.communication_control", communication_control, role=Role.ADMIN, mutating=True)

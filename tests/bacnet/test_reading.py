@@ -1,8 +1,10 @@
 """Reading: RPM packing, shrinking on segmentation refusal, ReadProperty fallback, status flags."""
 
+import logging
+
 import trio
 
-from gatewayd.testing import run_gateway, wait_until
+from gatewayd.testing import rpc, run_gateway, wait_until
 
 from bacnet_helpers import bacnet_site
 from gatewayd_bacnet.reading import ObjectRead, plan_batches, request_size, response_size
@@ -91,7 +93,7 @@ async def test_small_apdu_batches_and_segmentation_refused(tmp_path, devices):
         assert 3 * small_st["cycles"] <= small_st["requests"] <= 3 * small_st["cycles"] + 3, small_st
 
 
-async def test_rpm_refused_falls_back_to_read_property(tmp_path, devices):
+async def test_rpm_refused_falls_back_to_read_property(tmp_path, devices, caplog):
     d = devices(1201, 18, "--no-rpm")
     async with run_gateway(tmp_path, bacnet_site([d])) as gw:
         await wait_until(gw, _ok(gw, "dev1201/ai1", "dev1201/msv1", "dev1201/ai1_units"), what="values via RP")
@@ -99,3 +101,18 @@ async def test_rpm_refused_falls_back_to_read_property(tmp_path, devices):
         assert inst.status()["devices"]["dev1201"]["read_mode"] == "rp"
         assert inst.ctx.kv_get("learned/dev1201")["read_mode"] == "rp"
         assert gw.points.points["dev1201/ai1"].value == 21.0
+        # forgetting it over RPC: RPM is tried again at the next cycle, refused again, learned again
+        async def relearned():  # unchanged values publish no event: watch the driver's own state
+            with trio.fail_after(10):
+                while inst.ctx.kv_get("learned/dev1201").get("read_mode") != "rp":
+                    await trio.sleep(0.02)
+
+        res = await rpc(gw, "bacnet.clear_learned", {"device": "dev1201"})
+        assert res["forgotten"]["read_mode"] == "rp" and "read_mode" not in inst.ctx.kv_get("learned/dev1201")
+        await relearned()
+        # a reload with an unchanged file forgets it too
+        caplog.set_level(logging.INFO)
+        caplog.clear()
+        assert (await rpc(gw, "config.reload"))["changed"] == [] and gw.drivers["bac"].instance is inst
+        assert any("reload: forgetting what dev1201 taught us (rp" in r.getMessage() for r in caplog.records)
+        await relearned()
