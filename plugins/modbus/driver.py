@@ -91,6 +91,8 @@ class _Group:
         self.name, self.interval, self.points = name, interval, points
         self.blocks: list[_Block] = []
         self.next_due = 0.0
+        self.plan_key: tuple | None = None  # the points packed in plan_input (re-plans reuse it)
+        self.plan_input = None
 
 
 class Device:
@@ -261,8 +263,12 @@ class ModbusDriver(Driver):
             interval = intervals.get(name, s["poll_interval"]) if name else s["poll_interval"]
             g = old.get(name) or _Group(name, interval, pts)
             g.interval, g.points, g.blocks = interval, pts, []
-            specs = [(TABLES[p.binding["table"]], d.unit, p.binding["address"], _width(p.binding)) for p in pts]
-            plan = planner.plan(specs, max_gap=s["max_gap"], max_registers=d.max_registers,
+            key = tuple(p.id for p in pts)
+            if g.plan_key != key:  # packed once; a re-plan after a learned refusal reuses it
+                g.plan_key = key
+                g.plan_input = planner.PlanInput(
+                    [(TABLES[p.binding["table"]], d.unit, p.binding["address"], _width(p.binding)) for p in pts])
+            plan = planner.plan(g.plan_input, max_gap=s["max_gap"], max_registers=d.max_registers,
                                 max_bits=s["max_bits"], forbidden=d.refused)
             for i, msg in plan.errors.items():
                 self.sink.fault(pts[i].id, f"not polled: {msg}")
