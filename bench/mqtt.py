@@ -90,6 +90,13 @@ def write_io(pid: int) -> int:
     return 0
 
 
+def cpu_of(pid: int) -> float:
+    """CPU-seconds (user + system) of a process, from /proc/<pid>/stat."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def site(port: int, *, qos: int, batch: bool, per_cycle: int, interval: str, points: int, devices: int,
          total: int = 10**12, flush: str = "1s", batch_size: int = 1000) -> str:
     devs = "\n".join(f"[drivers.fast.devices.d{i}]\ncount = {points}\n" for i in range(devices))
@@ -141,8 +148,11 @@ def sustained(port: int, qos: int, batch: bool, seconds: float) -> tuple[float, 
     try:
         time.sleep(2)  # warm up
         n0, t0, w0 = counter.n, time.monotonic(), write_io(d.proc.pid)
+        g0, s0 = cpu_of(d.proc.pid), time.process_time()
         time.sleep(seconds)
         n1, t1, w1 = counter.n, time.monotonic(), write_io(d.proc.pid)
+        g1, s1 = cpu_of(d.proc.pid), time.process_time()
+        sustained.cpu = ((g1 - g0) / (t1 - t0), (s1 - s0) / (t1 - t0))
     finally:
         d.stop()
         d.__exit__(None, None, None)
@@ -201,11 +211,13 @@ def drain(broker: Broker, n: int, batch: bool, qos: int) -> tuple[float, float, 
         broker.start()
         counter = Counter(broker.port)
         t0 = time.monotonic()
+        g0, s0 = cpu_of(d.proc.pid), time.process_time()
         while counter.n < n * 0.999 and time.monotonic() - t0 < 300:
             time.sleep(0.05)
         t1 = time.monotonic()
         got = counter.n
         w1 = write_io(d.proc.pid)
+        drain.cpu = ((cpu_of(d.proc.pid) - g0) / (t1 - t0), (time.process_time() - s0) / (t1 - t0))
         counter.close()
     finally:
         d.stop()
@@ -225,13 +237,16 @@ def main() -> None:
     tmp = tempfile.mkdtemp(prefix="bench-broker-")
     broker = Broker(tmp, port=port).start()
     try:
-        print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs; mosquitto on 127.0.0.1:{port}")
+        print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs; mosquitto on 127.0.0.1:{port}; "
+              f"load {os.getloadavg()[0]:.2f}")
+        print("   (subscriber = this process's paho thread; 1.00 CPU s/s means it is saturated)")
         print("\n1. sustained values/s driver -> subscriber (offered ~60k/s; bytes written per value)")
         for qos in (0, 1):
             for batch in (False, True):
                 rate, bpv = sustained(port, qos, batch, secs)
                 print(f"   QoS {qos} {'batch    ' if batch else 'per-point'}: {rate:10,.0f} values/s   "
-                      f"{bpv:4d} bytes written/value")
+                      f"{bpv:4d} bytes written/value   CPU s/s: gateway {sustained.cpu[0]:.2f}, "
+                      f"subscriber {sustained.cpu[1]:.2f}")
         print("\n2. latency PointSink -> subscriber (QoS 1, 1,000 values/s, default settings: recorder flush 1 s;"
               " entries are staged for connectors at once, committed once per flush)")
         for batch in (False, True):
@@ -243,7 +258,8 @@ def main() -> None:
         for batch in (True, False):
             rate, fill, bpv = drain(broker, n, batch, 1)
             print(f"   {'batch    ' if batch else 'per-point'}: {rate:10,.0f} values/s drained   "
-                  f"(backlog filled in {fill:.1f}s; {bpv} bytes written/value while draining)")
+                  f"(backlog filled in {fill:.1f}s; {bpv} bytes written/value while draining; "
+                  f"CPU s/s: gateway {drain.cpu[0]:.2f}, subscriber {drain.cpu[1]:.2f})")
     finally:
         broker.stop()
         shutil.rmtree(tmp, ignore_errors=True)
