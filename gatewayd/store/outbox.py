@@ -85,6 +85,8 @@ this object.
 from __future__ import annotations
 
 import logging
+from bisect import bisect_right
+from operator import attrgetter
 import os
 import sys
 import threading
@@ -102,6 +104,8 @@ from ._util import Interner
 from .db import BaseStore, Database, Migration
 
 __all__ = ["Entry", "Outbox", "OutboxCursor"]
+
+_seq = attrgetter("seq")
 
 log = logging.getLogger("gatewayd.outbox")
 
@@ -296,6 +300,7 @@ class Outbox(BaseStore):
         self._pending_acks: dict[str, int] = {}  # cursor name -> acked seq beyond the committed head
         self._commit_lock = trio.Lock()
         self.staged_dropped = 0
+        self._stage_thread: int | None = None
 
     def _open_txn(self, conn: apsw.Connection, ahead: int) -> int:
         head, reserved = conn.execute("SELECT head, reserved FROM meta").fetchall()[0]
@@ -415,6 +420,7 @@ class Outbox(BaseStore):
         next :meth:`commit_staged`; returns the seq of the last one. Never blocks."""
         if not entries:
             return self._vhead
+        self._stage_thread = threading.get_ident()
         seq = self._vhead
         room = self._reserved - seq if not self.db.memory else len(entries)
         if self._unstaged or room < len(entries):  # beyond the reservation: visible at the next commit
@@ -721,7 +727,10 @@ class Outbox(BaseStore):
             after = max(row[0][0], self._pending_acks.get(name, 0))
         out: list[Entry] = []
         total = 0
-        staged = list(self._staged)  # (a snapshot before the disk read: an entry committed meanwhile is on disk)
+        # (read before the disk head: an entry committed meanwhile is on disk). On the thread that stages
+        # and commits, the list cannot change under us; a reader thread gets a snapshot.
+        staged = self._staged if threading.get_ident() == self._stage_thread else list(self._staged)
+        n_staged = len(staged)
         disk_head = _head(conn)
         blocks = conn.execute("SELECT first, last, ts_first, data FROM block WHERE last > ? ORDER BY first", (after,))
         try:
@@ -734,11 +743,11 @@ class Outbox(BaseStore):
         finally:
             blocks.close()
         last = max(after, disk_head)
-        for e in staged:
-            if e.seq <= last:
-                continue
+        # staged seqs ascend: start at the first one after ``last`` instead of scanning them all
+        start = bisect_right(staged, last, 0, n_staged, key=_seq)
+        for e in staged[start:min(n_staged, start + max_items - len(out))]:
             total += len(e.payload)
-            if len(out) >= max_items or (total > max_bytes and out):
+            if total > max_bytes and out:
                 break
             out.append(e)
         return out

@@ -193,21 +193,16 @@ def build(args) -> TestApp:
         for peer in args.peer:
             pv, _, pa = peer.partition("=")
             link.learn(pv, pa)
-        app.link = link
-        app.nsap.bind(link, address=vmac)
-        app.add_object(device)
-        for i in range(args.objects):
-            kind = KINDS[i % len(KINDS)]
-            app.add_object(make_object(kind, i // len(KINDS) + 1, f"d{args.instance}"))
-        return app
-    addr = IPv4Address(args.address)
-    if args.bbmd:
-        link = BBMDLinkLayer(addr)
-    elif args.foreign:
-        link = ForeignLinkLayer(addr)
-        link.register(IPv4Address(args.foreign), args.ttl)
+        addr = vmac
     else:
-        link = NormalLinkLayer(addr)
+        addr = IPv4Address(args.address)
+        if args.bbmd:
+            link = BBMDLinkLayer(addr)
+        elif args.foreign:
+            link = ForeignLinkLayer(addr)
+            link.register(IPv4Address(args.foreign), args.ttl)
+        else:
+            link = NormalLinkLayer(addr)
     app.link = link
     app.nsap.bind(link, address=addr)
     app.add_object(device)
