@@ -57,7 +57,10 @@ when the entries are committed.  :meth:`append` is stage + commit.  Seqs are
 never reused: ``meta.reserved`` (persisted at open and with every staged
 commit) bounds the seqs staged entries can take, and opening a file whose last
 stop was unclean starts after it (cursors that had acknowledged everything
-committed move past the gap; counts skip it).
+committed move past the gap).  Counters (a cursor's ``delivered`` and
+``dropped``, ``ack``'s result) count stored entries, never seq distance, so a
+gap is counted nowhere: for every cursor ``delivered + dropped + backlog``
+equals the entries appended since it was created.
 
 Durability: WAL + synchronous=FULL; an ``append`` or ``ack`` that returned
 survives kill -9 and power loss.  ``memory=True`` keeps the whole outbox in
@@ -236,11 +239,32 @@ def _head(conn: apsw.Connection) -> int:
     return conn.execute("SELECT head FROM meta").fetchall()[0][0]
 
 
+def _stored_between(conn: apsw.Connection, after: int, upto: int) -> int:
+    """How many entries are stored with ``after < seq <= upto``.
+
+    Counting stored entries, not seq distance: seqs have gaps (an unclean stop skips the
+    reserved seqs, staged entries dropped on a full disk keep theirs), and a gap was never
+    delivered nor dropped.  Blocks hold at most 65535 entries, so the one holding ``after + 1``
+    starts after ``after - 65535``: the primary key bounds the scan.
+    """
+    if upto <= after:
+        return 0
+    return conn.execute(
+        "SELECT coalesce(sum(min(last, ?2) - max(first, ?1 + 1) + 1), 0) FROM block "
+        "WHERE first > ?1 - 65536 AND first <= ?2 AND last > ?1",
+        (after, upto),
+    ).fetchall()[0][0]
+
+
 def _delete_blocks(conn: apsw.Connection, cut: int, freed: int, n: int, *, dropped: bool) -> None:
     """Delete the blocks ending at or before ``cut`` (a prefix); as a drop, charge the cursors."""
+    if dropped:  # each cursor behind ``cut`` missed the entries stored between its position and ``cut``
+        behind = conn.execute("SELECT name, acked FROM cursor WHERE acked < ?", (cut,)).fetchall()
+        for name, acked in behind:
+            conn.execute("UPDATE cursor SET dropped = dropped + ?, acked = ? WHERE name = ?",
+                         (_stored_between(conn, acked, cut), cut, name))
     conn.execute("DELETE FROM block WHERE last <= ?", (cut,))
     if dropped:
-        conn.execute("UPDATE cursor SET dropped = dropped + (? - acked), acked = ? WHERE acked < ?", (cut, cut, cut))
         conn.execute("UPDATE meta SET bytes = bytes - ?, dropped = dropped + ?", (freed, n))
     else:
         conn.execute("UPDATE meta SET bytes = bytes - ?", (freed,))
@@ -438,6 +462,13 @@ class Outbox(BaseStore):
         self._vhead = seq
         self._notify()
         return seq
+
+    def _staged_between(self, after: int, upto: int) -> int:
+        """How many staged entries have ``after < seq <= upto`` (staged seqs ascend, with gaps)."""
+        if upto <= after:
+            return 0
+        staged = self._staged if threading.get_ident() == self._stage_thread else list(self._staged)
+        return bisect_right(staged, upto, key=_seq) - bisect_right(staged, after, key=_seq)
 
     def drop_staged(self, keep: int) -> int:
         """Drop the oldest staged entries beyond ``keep`` (commits keep failing: disk full);
@@ -758,10 +789,12 @@ class Outbox(BaseStore):
             raise KeyError(f"outbox: no cursor {name!r}")
         acked, delivered, dropped = row[0]
         pending = self._pending_acks.get(name, 0)
+        disk_head = _head(conn)
         if pending > acked:  # acknowledged upstream, persisted when those staged entries are committed
-            delivered += pending - acked
+            delivered += _stored_between(conn, acked, min(pending, disk_head)) + self._staged_between(
+                max(acked, disk_head), pending)
             acked = pending
-        head = max(_head(conn), self._vhead)
+        head = max(disk_head, self._vhead)
         stored = conn.execute("SELECT coalesce(sum(last - max(first, ?) + 1), 0) FROM block WHERE last > ?",
                               (acked + 1, acked)).fetchall()[0][0]
         backlog = stored + sum(1 for e in list(self._staged) if e.seq > acked) + len(self._unstaged)
@@ -895,11 +928,10 @@ class OutboxCursor:
             raise ValueError(f"outbox cursor {self.name}: cannot ack {seq}, head is {head}")
         if seq <= acked:
             return 0
-        conn.execute(
-            "UPDATE cursor SET acked = ?, delivered = delivered + ? WHERE name = ?", (seq, seq - acked, self.name)
-        )
+        n = _stored_between(conn, acked, seq)
+        conn.execute("UPDATE cursor SET acked = ?, delivered = delivered + ? WHERE name = ?", (seq, n, self.name))
         self.outbox._compact_txn(conn, self.outbox.compact_chunk)
-        return seq - acked
+        return n
 
     async def ack(self, seq: int) -> int:
         """Persist that everything up to ``seq`` was acknowledged upstream.
@@ -915,9 +947,10 @@ class OutboxCursor:
                 raise ValueError(f"outbox cursor {self.name}: cannot ack {seq}, head is {ob._vhead}")
             before = self.position()
             ob._pending_acks[self.name] = max(seq, ob._pending_acks.get(self.name, 0))
+            n = ob._staged_between(max(before, ob._head), seq)
             if ob._head > before:
-                await ob.db.write(self._ack_txn, ob._head)
-            return max(0, seq - before)
+                n += await ob.db.write(self._ack_txn, ob._head)
+            return n
         return await ob.db.write(self._ack_txn, seq)
 
     def ack_sync(self, seq: int) -> int:
@@ -928,9 +961,10 @@ class OutboxCursor:
                 raise ValueError(f"outbox cursor {self.name}: cannot ack {seq}, head is {ob._vhead}")
             before = self.position()
             ob._pending_acks[self.name] = max(seq, ob._pending_acks.get(self.name, 0))
+            n = ob._staged_between(max(before, ob._head), seq)
             if ob._head > before:
-                ob.db.write_sync(self._ack_txn, ob._head)
-            return max(0, seq - before)
+                n += ob.db.write_sync(self._ack_txn, ob._head)
+            return n
         return ob.db.write_sync(self._ack_txn, seq)
 
     def position(self) -> int:
