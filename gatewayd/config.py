@@ -613,6 +613,7 @@ class HistoryConfig:
     flush_interval: float
     batch_size: int
     current_save_interval: float
+    max_held_bytes: int = 64 * 1024 * 1024
 
 
 @dataclass
@@ -759,6 +760,8 @@ HISTORY_SCHEMA = Schema({
     "flush_interval": Key(Duration(min=0.05, max=60), 1.0),
     "batch_size": Key(Int(min=1, max=100_000), 1000),
     "current_save_interval": Key(Duration(min=1), 60.0),
+    "max_held_bytes": Key(Size(), 64 * 1024 * 1024,
+                          "memory the recorder may hold for stores it cannot write (disk full); oldest dropped beyond"),
 })
 
 OUTBOX_SCHEMA = Schema({

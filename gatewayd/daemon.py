@@ -13,9 +13,11 @@ backoff (1 s doubling to 60 s) when it raises and never disturbs the others.
 startup timeout passed) and the control socket listens.
 
 Shutdown (SIGTERM/SIGINT/``gateway.stop``): drivers and the RPC server stop
-first; the recorder drains what the bus still holds to disk within
-``[gateway] shutdown_grace``; connectors get the rest of the grace period; stores
-close last. Reload (SIGHUP/``config.reload``) parses and validates the new file
+first (nothing new is accepted); the recorder commits every event already
+accepted, however long that takes (``shutdown_grace`` never discards accepted
+values); then every connector's ``drain()`` runs concurrently for what remains
+of ``[gateway] shutdown_grace`` (counted from the stop request), after which
+connectors are cancelled; current values are saved and the stores close last. Reload (SIGHUP/``config.reload``) parses and validates the new file
 first — a bad file changes nothing — then restarts only changed instances.
 """
 
@@ -457,15 +459,15 @@ class Gateway:
                                  cfg.control.socket)
                         task_status.started(self)
                         await self.stopping.wait()
+                        deadline = trio.current_time() + cfg.gateway.shutdown_grace
                         self.notifier.stopping()
-                        log.info("stopping: drivers first, then draining the recorder (grace %.1fs)",
+                        log.info("stopping: drivers first, then the recorder commits everything accepted, then "
+                                 "connectors drain within the rest of shutdown_grace (%.1fs)",
                                  cfg.gateway.shutdown_grace)
                         drv_n.cancel_scope.cancel()
-                    deadline = trio.current_time() + cfg.gateway.shutdown_grace
-                    with trio.move_on_at(deadline):
-                        await self.recorder.drain()
-                    with trio.move_on_at(max(deadline, trio.current_time() + 0.2)):
-                        await self._stop_connectors()
+                    # nothing new is accepted now; committing what was accepted is not bounded by the grace
+                    await self.recorder.drain()
+                    await self._stop_connectors(deadline)
                     conn_n.cancel_scope.cancel()
                 with trio.move_on_after(max(1.0, cfg.gateway.shutdown_grace)):
                     await self.recorder.final_flush()
@@ -481,10 +483,32 @@ class Gateway:
             if hasattr(self.notifier, "close"):
                 self.notifier.close()
 
-    async def _stop_connectors(self) -> None:
-        """Give connectors the rest of the grace period: they see ``gateway.stopping`` set."""
+    async def _stop_connectors(self, deadline: float) -> None:
+        """Call every running connector's ``drain()`` concurrently until ``deadline``, then cancel them all.
+
+        The recorder has committed everything by now, so a connector draining sees the final
+        outbox head. A ``drain()`` that raises is logged; one still running at the deadline is
+        cancelled with its connector.
+        """
         if not self.connectors:
             return
+
+        async def drain_one(r: Runner) -> None:
+            inst = r.instance
+            if inst is None or r.state != "running":
+                return
+            try:
+                await inst.drain()
+            except Exception:
+                log.error("connector %s: drain() failed at shutdown", r.id, exc_info=True,
+                          extra={"CONNECTOR": r.id})
+
+        with trio.move_on_at(deadline) as cs:
+            async with trio.open_nursery() as n:
+                for r in self.connectors.values():
+                    n.start_soon(drain_one, r)
+        if cs.cancelled_caught:
+            log.warning("shutdown_grace ended while connectors were draining; cancelling them")
         for r in self.connectors.values():
             r.scope.cancel()
         for r in self.connectors.values():

@@ -275,6 +275,16 @@ class Connector:
         state a reload is meant to reset (e.g. learned refusals); the default does
         nothing. An exception is logged and does not fail the reload."""
 
+    async def drain(self) -> None:
+        """Shutdown grace (CONTRACTS C2): called once at a stop, after the drivers stopped and
+        the recorder committed every accepted event, concurrently with the other connectors'.
+
+        Send what is still in the outbox (up to the head) and return once done; stop taking
+        new commands. ``run()`` keeps running meanwhile. The daemon cancels the connector when
+        ``drain()`` returns or when what remains of ``[gateway] shutdown_grace`` has passed,
+        whichever comes first. The default returns at once.
+        """
+
     def status(self) -> dict:
         """Connection state, last error ... for ``connectors.status``."""
         return {}

@@ -33,6 +33,10 @@ hour of 100 points at 1 Hz, ~0.4 s over a day of them.  Use :meth:`HistoryStore.
 long-range per-point queries on big sites become hot, the next step is a
 periodic compaction of old samples into per-point chunks, not a different key.
 
+Outbox marker: ``outbox_mark`` (one row) holds the outbox seq up to which
+every event's samples are in this file; the recorder sets it in the same
+transaction as each batch's samples (see :mod:`gatewayd.recorder`).
+
 Durability: ``append`` and ``save_current`` commit one transaction per call
 (WAL, synchronous=FULL): a returned ``await`` survives kill -9 and power loss.
 Flash wear: ~73 bytes written per sample in 1000-row batches (a sample row is
@@ -83,7 +87,11 @@ CREATE TABLE current(
 );
 """
 
-MIGRATIONS: list[Migration] = [Migration(1, _V1, "point, status, sample, current")]
+MIGRATIONS: list[Migration] = [
+    Migration(1, _V1, "point, status, sample, current"),
+    Migration(2, "CREATE TABLE outbox_mark(id INTEGER PRIMARY KEY CHECK (id = 0), seq INTEGER NOT NULL);",
+              "outbox_mark: the outbox seq whose events are all in history (the recorder's replay marker)"),
+]
 
 #: Page size for new files: smaller pages mean less rewritten per commit
 #: (measured 72 B/sample at 1 KiB vs 85 at 4 KiB for 1000-row batches).
@@ -151,24 +159,43 @@ class HistoryStore(BaseStore):
         self._status.commit(ps)
         return n
 
+    def _append_txn(self, conn: apsw.Connection, samples: Sequence[Sample], outbox_seq: int | None
+                    ) -> tuple[int, dict, dict]:
+        result = self._write_rows(conn, _INSERT_SAMPLE, samples) if samples else (0, {}, {})
+        if outbox_seq is not None:
+            conn.execute("INSERT INTO outbox_mark(id, seq) VALUES(0, ?) ON CONFLICT(id) DO UPDATE SET seq=excluded.seq",
+                         (outbox_seq,))
+        return result
+
     # -- samples -----------------------------------------------------------
-    async def append(self, samples: Sequence[Sample]) -> int:
+    async def append(self, samples: Sequence[Sample], *, outbox_seq: int | None = None) -> int:
         """Append samples ``(point_id, ts, value, status)`` in one transaction.
 
         Returns the number appended once committed (durable).  Unknown point
         ids and status words are registered in the same transaction.  Interval
         vs change-of-value is the recorder's business: every sample given is
-        stored.
+        stored.  ``outbox_seq`` sets the replay marker (:meth:`outbox_mark`) in
+        the same transaction.
         """
-        if not samples:
+        if not samples and outbox_seq is None:
             return 0
-        return self._merge(await self.db.write(self._write_rows, _INSERT_SAMPLE, samples))
+        return self._merge(await self.db.write(self._append_txn, samples, outbox_seq))
 
-    def append_sync(self, samples: Sequence[Sample]) -> int:
+    def append_sync(self, samples: Sequence[Sample], *, outbox_seq: int | None = None) -> int:
         """Blocking :meth:`append` (plain threads, tests, the kill -9 helper)."""
-        if not samples:
+        if not samples and outbox_seq is None:
             return 0
-        return self._merge(self.db.write_sync(self._write_rows, _INSERT_SAMPLE, samples))
+        return self._merge(self.db.write_sync(self._append_txn, samples, outbox_seq))
+
+    def outbox_mark(self) -> int | None:
+        """The recorder's replay marker: every event up to this outbox seq has its samples here.
+
+        The recorder commits a batch to the outbox first and then its samples here with
+        the batch's last seq; after a kill between the two commits it rebuilds the missing
+        samples from the outbox entries after the marker.  None until first set.
+        """
+        rows = self.db.read_now(lambda c: c.execute("SELECT seq FROM outbox_mark").fetchall())
+        return rows[0][0] if rows else None
 
     def query(
         self,

@@ -124,6 +124,10 @@ COMPRESS_LEVEL = 1
 #: Decoded blocks kept per outbox (readers re-read the block their cursor is in).
 CACHE_BLOCKS = 8
 
+#: Estimated bytes of memory one staged entry holds besides its payload (the Entry tuple,
+#: its seq and ts objects, the list slot): :attr:`Outbox.staged_bytes` counts with it.
+ENTRY_MEMORY = 176
+
 #: Page size for new files: 1 KiB pages measured 19 vs 29 bytes written per value
 #: (1000-entry appends) and 96 vs 155 (100-entry appends) against 4 KiB pages.
 PAGE_SIZE = 1024
@@ -325,6 +329,10 @@ class Outbox(BaseStore):
         self._commit_lock = trio.Lock()
         self.staged_dropped = 0
         self._stage_thread: int | None = None
+        self._staged_bytes = 0
+        #: compaction never deletes entries after this seq (None: no limit). The recorder sets it
+        #: to the seq up to which history.db has the samples, so it can rebuild them after a kill.
+        self.keep_after: int | None = None
 
     def _open_txn(self, conn: apsw.Connection, ahead: int) -> int:
         head, reserved = conn.execute("SELECT head, reserved FROM meta").fetchall()[0]
@@ -365,6 +373,11 @@ class Outbox(BaseStore):
     def staged(self) -> int:
         """Entries staged (or held beyond the reservation) and not yet committed."""
         return len(self._staged) + len(self._unstaged)
+
+    @property
+    def staged_bytes(self) -> int:
+        """Estimated memory held by staged entries (payloads + :data:`ENTRY_MEMORY` each)."""
+        return self._staged_bytes
 
     # -- append ------------------------------------------------------------
     def _append_txn(self, conn: apsw.Connection, entries: Sequence[tuple], now: float,
@@ -450,15 +463,19 @@ class Outbox(BaseStore):
         if self._unstaged or room < len(entries):  # beyond the reservation: visible at the next commit
             cut = max(0, room) if not self._unstaged else 0
             self._unstaged.extend(entries[cut:])
+            self._staged_bytes += sum(ENTRY_MEMORY + len(e[3]) for e in entries[cut:])
             entries = entries[:cut]
         out = self._staged
+        size = 0
         for ts, kind, key, payload in entries:
             if payload.__class__ is not bytes:
                 if not isinstance(payload, (bytes, bytearray, memoryview)):
                     raise TypeError(f"outbox payload must be bytes, got {type(payload).__name__}")
                 payload = bytes(payload)
             seq += 1
+            size += len(payload)
             out.append(Entry(seq, round(ts * 1000) / 1000, kind, key, payload))
+        self._staged_bytes += size + ENTRY_MEMORY * len(entries)
         self._vhead = seq
         self._notify()
         return seq
@@ -477,10 +494,31 @@ class Outbox(BaseStore):
         if n <= 0:
             return 0
         k = min(n, len(self._staged))
+        self._staged_bytes -= sum(ENTRY_MEMORY + len(e.payload) for e in self._staged[:k])
+        self._staged_bytes -= sum(ENTRY_MEMORY + len(e[3]) for e in self._unstaged[: n - k])
         del self._staged[:k]
         del self._unstaged[: n - k]
         self.staged_dropped += n
         return n
+
+    def drop_staged_bytes(self, max_bytes: int) -> int:
+        """Drop the oldest staged entries until :attr:`staged_bytes` <= ``max_bytes``; returns how many."""
+        if self._staged_bytes <= max_bytes:
+            return 0
+        excess = self._staged_bytes - max_bytes
+        n = 0
+        for e in self._staged:
+            if excess <= 0:
+                break
+            excess -= ENTRY_MEMORY + len(e.payload)
+            n += 1
+        if excess > 0:
+            for e in self._unstaged:
+                if excess <= 0:
+                    break
+                excess -= ENTRY_MEMORY + len(e[3])
+                n += 1
+        return self.drop_staged(self.staged - n)
 
     def _commit_rows(self) -> tuple[int, int, list, int]:
         staged, unstaged = self._staged, self._unstaged
@@ -490,6 +528,8 @@ class Outbox(BaseStore):
         return len(staged), len(unstaged), rows, first
 
     def _committed(self, ns: int, nu: int, result: tuple) -> None:
+        self._staged_bytes -= sum(ENTRY_MEMORY + len(e.payload) for e in self._staged[:ns])
+        self._staged_bytes -= sum(ENTRY_MEMORY + len(e[3]) for e in self._unstaged[:nu])
         del self._staged[:ns]  # (entries staged meanwhile stay)
         del self._unstaged[:nu]
         self._appended(result)
@@ -651,6 +691,8 @@ class Outbox(BaseStore):
         upto = conn.execute("SELECT min(acked) FROM cursor").fetchall()[0][0]
         if upto is None:
             return 0, False
+        if self.keep_after is not None:
+            upto = min(upto, self.keep_after)
         rows = conn.execute(
             "SELECT last - first + 1, last, bytes FROM block WHERE last <= ? ORDER BY first LIMIT ?", (upto, limit + 1)
         ).fetchall()
@@ -850,6 +892,15 @@ class Outbox(BaseStore):
                 "memory": self.db.memory,
                 "cursors": {n: self._cursor_row(conn, n, when) for n in names},
             }
+
+        return self.db.read_now(q)
+
+    def read_committed(self, after: int, max_items: int = 10_000) -> list[Entry]:
+        """Committed entries with seq > ``after``, oldest first (no cursor; e.g. the recorder's replay)."""
+
+        def q(conn: apsw.Connection) -> list[Entry]:
+            head = _head(conn)
+            return [e for e in self._read_txn(conn, "", after, max_items, 1 << 62) if e.seq <= head]
 
         return self.db.read_now(q)
 
