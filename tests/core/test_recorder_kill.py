@@ -69,6 +69,7 @@ def test_kill_9_between_outbox_and_history_commits_loses_no_value(tmp_path):
         d.wait_ready()
         _wait(lambda: _outbox_head(outb) > 20, 20, "outbox commits", d)
         blocker = apsw.Connection(hist)
+        blocker.set_busy_timeout(10_000)
         try:
             blocker.execute("BEGIN IMMEDIATE")  # history.db's write lock: the daemon's next history commit waits
             head = _outbox_head(outb)
