@@ -220,6 +220,8 @@ class Recorder:
     async def _take(self, events: list[Event]) -> None:
         self._stage(events)
         self._batch.extend(events)
+        if self._failing:  # staged entries count against max_held_bytes as soon as they are held
+            self._enforce_held_cap()
         await trio.lowlevel.checkpoint()
 
     def _stage(self, events: list[Event]) -> None:
