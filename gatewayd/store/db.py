@@ -336,6 +336,7 @@ class Database:
         page_size: int | None = None,
         autocheckpoint: int = 1000,
         busy_timeout_ms: int = 5000,
+        wal_max_bytes: int | None = None,
     ) -> None:
         if memory:
             path = None
@@ -352,6 +353,7 @@ class Database:
         self._page_size = page_size
         self._autocheckpoint = autocheckpoint
         self._busy_timeout_ms = busy_timeout_ms
+        self._wal_max_bytes = wal_max_bytes
         self._inline: apsw.Connection | None = None
         self._inline_owner: int | None = None
         self._reader: _Worker | None = None
@@ -394,7 +396,7 @@ class Database:
                     raise StoreError(f"{self.name} store {self.path}: cannot enable WAL (got {mode})", self.path)
             conn.execute(
                 "PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; PRAGMA temp_store=MEMORY; "
-                f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}"
+                f"PRAGMA journal_size_limit={self._wal_max_bytes or WAL_SIZE_LIMIT}"
             )
             conn.wal_autocheckpoint(self._autocheckpoint)
         except BaseException as exc:
@@ -461,11 +463,32 @@ class Database:
         unknown state.  ``fn`` runs on another thread: it must not touch trio
         objects, and it must not call back into this Database.
         """
-        return await self._writer.run(_run_write, (fn, args))
+        return await self._writer.run(self._write_job, (fn, args))
 
     def write_sync(self, fn: Callable[..., T], *args: Any) -> T:
         """Blocking :meth:`write` for plain threads and tests (blocks the caller)."""
-        return self._writer.run_sync(_run_write, (fn, args))
+        return self._writer.run_sync(self._write_job, (fn, args))
+
+    def _write_job(self, conn: apsw.Connection, fn: Callable[..., T], args: tuple) -> T:
+        result = _run_write(conn, fn, args)
+        if self._wal_max_bytes is not None and not self.memory:
+            self._wal_guard(conn)
+        return result
+
+    def _wal_guard(self, conn: apsw.Connection) -> None:
+        """Keep the -wal file under ``wal_max_bytes``: past it, a TRUNCATE checkpoint (after the
+        commit, on the writer thread). A checkpoint a reader holds up is retried after the next
+        commit; the commit itself has succeeded either way."""
+        try:
+            size = os.path.getsize(self.path + "-wal")
+        except OSError:
+            return
+        if size <= self._wal_max_bytes:  # type: ignore[operator]
+            return
+        try:
+            conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_TRUNCATE)
+        except apsw.Error as exc:  # busy reader, or the disk: the data is committed, try again later
+            log.debug("%s store %s: WAL checkpoint after commit failed: %s", self.name, self.path, exc)
 
     async def checkpoint(self, mode: str = "PASSIVE") -> tuple[int, int]:
         """Checkpoint the WAL on the writer thread; returns (wal frames, checkpointed).
@@ -489,6 +512,18 @@ class Database:
             "TRUNCATE": apsw.SQLITE_CHECKPOINT_TRUNCATE,
         }
         return tuple(conn.wal_checkpoint(mode=modes[mode.upper()]))  # type: ignore[return-value]
+
+    def disk_bytes(self) -> int:
+        """Bytes the database uses on disk: the file and its -wal (0 for memory databases)."""
+        if self.memory:
+            return 0
+        total = 0
+        for suffix in ("", "-wal"):
+            try:
+                total += os.path.getsize(self.path + suffix)
+            except OSError:
+                pass
+        return total
 
     # -- reads ------------------------------------------------------------
     async def read(self, fn: Callable[..., T], *args: Any) -> T:

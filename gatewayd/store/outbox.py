@@ -128,6 +128,9 @@ CACHE_BLOCKS = 8
 #: its seq and ts objects, the list slot): :attr:`Outbox.staged_bytes` counts with it.
 ENTRY_MEMORY = 176
 
+#: The least share of ``max_bytes`` given to the WAL (on disk).
+WAL_MIN_BUDGET = 32 * 1024
+
 #: Page size for new files: 1 KiB pages measured 19 vs 29 bytes written per value
 #: (1000-entry appends) and 96 vs 155 (100-entry appends) against 4 KiB pages.
 PAGE_SIZE = 1024
@@ -304,7 +307,6 @@ class Outbox(BaseStore):
         if not 1 <= block_entries <= 65535:
             raise ValueError(f"block_entries must be 1..65535, got {block_entries!r}")
         self.max_age = max_age
-        self.max_bytes = max_bytes
         self.block_entries = block_entries
         self.compact_chunk = compact_chunk
         self.drop_chunk = drop_chunk
@@ -316,7 +318,15 @@ class Outbox(BaseStore):
         self._episode: dict[str, Any] | None = None
         self._cache: OrderedDict[int, list[Entry]] = OrderedDict()
         self._cache_lock = threading.Lock()
-        self.db = Database(path, "outbox", MIGRATIONS, memory=memory, page_size=PAGE_SIZE)
+        # On disk, max_bytes bounds the files (database + WAL): a quarter is the WAL's share (kept by
+        # checkpointing after commits), the rest bounds the pages in use in the database file.
+        self.db = None  # type: ignore[assignment]
+        self._memory = memory
+        self.max_bytes = max_bytes
+        wal_budget = self._wal_budget if not memory else None
+        self.db = Database(path, "outbox", MIGRATIONS, memory=memory, page_size=PAGE_SIZE,
+                           autocheckpoint=1000 if wal_budget is None else max(8, wal_budget // PAGE_SIZE // 2),
+                           wal_max_bytes=wal_budget)
         self._head = self.db.read_now(self._load)
         self._staged: list[Entry] = []  # visible, not yet committed; seqs _head+1 .. _vhead (gaps: dropped)
         self._unstaged: list[tuple] = []  # beyond the reservation: committed (and seen) at the next commit
@@ -333,6 +343,24 @@ class Outbox(BaseStore):
         #: compaction never deletes entries after this seq (None: no limit). The recorder sets it
         #: to the seq up to which history.db has the samples, so it can rebuild them after a kill.
         self.keep_after: int | None = None
+
+    @property
+    def max_bytes(self) -> int | None:
+        """The size cap (see the module docstring); settable on a live outbox."""
+        return self._max_bytes
+
+    @max_bytes.setter
+    def max_bytes(self, value: int | None) -> None:
+        self._max_bytes = value
+        memory = self._memory
+        self._data_budget = value
+        wal_budget = None
+        if value is not None and not memory:
+            wal_budget = max(WAL_MIN_BUDGET, value // 4)
+            self._data_budget = max(value - wal_budget, value // 2)
+        self._wal_budget = wal_budget
+        if getattr(self, "db", None) is not None:
+            self.db._wal_max_bytes = wal_budget
 
     def _open_txn(self, conn: apsw.Connection, ahead: int) -> int:
         head, reserved = conn.execute("SELECT head, reserved FROM meta").fetchall()[0]
@@ -432,13 +460,15 @@ class Outbox(BaseStore):
                 raw = 0
         if ts_l:
             flush()
+        # caps first, keeping room for the new blocks: on disk they then reuse the freed pages
+        # instead of growing the file past max_bytes
+        dropped, reason, _more, size_now = self._enforce_txn(conn, now, self.drop_chunk, size)
         conn.executemany(_INSERT, rows)
         n = seq - head
         conn.execute("UPDATE meta SET head = ?, bytes = bytes + ?, appended = appended + ?", (seq, size, n))
         if first_seq is not None and not self.db.memory:
             conn.execute("UPDATE meta SET reserved = max(reserved, ?)", (seq + RESERVE_AHEAD,))
-        dropped, reason, _more, size_now = self._enforce_txn(conn, now, self.drop_chunk)
-        return seq, pk, pkind, dropped, reason, size_now
+        return seq, pk, pkind, dropped, reason, size_now + size
 
     def _appended(self, result: tuple) -> int:
         seq, pk, pkind, dropped, reason, size_now = result
@@ -598,14 +628,24 @@ class Outbox(BaseStore):
         return result
 
     # -- caps and compaction -------------------------------------------------
-    def _enforce_txn(self, conn: apsw.Connection, now: float, limit: int) -> tuple[int, str, bool, int]:
+    def _enforce_txn(self, conn: apsw.Connection, now: float, limit: int, reserve: int = 0
+                     ) -> tuple[int, str, bool, int]:
         """Drop the oldest blocks beyond the caps, at most ``limit`` blocks.
 
-        Returns (entries dropped, reason, more to drop, accounted bytes after).
+        On disk the size is the database pages in use (the WAL has its own share of
+        ``max_bytes``); in memory it is the accounted bytes. ``reserve`` is added to it:
+        the bytes about to be appended in this transaction. Returns (entries dropped,
+        reason, more to drop, size after without the reserve).
         """
-        size = conn.execute("SELECT bytes FROM meta").fetchall()[0][0]
-        if self.max_age is None and (self.max_bytes is None or size <= self.max_bytes):
-            return 0, "", False, size
+        budget = self._data_budget
+        if budget is not None and not self.db.memory:
+            pages, free, page_size = (conn.execute(f"PRAGMA {p}").fetchall()[0][0]
+                                      for p in ("page_count", "freelist_count", "page_size"))
+            size = (pages - free) * page_size + reserve
+        else:
+            size = conn.execute("SELECT bytes FROM meta").fetchall()[0][0] + reserve
+        if self.max_age is None and (budget is None or size <= budget):
+            return 0, "", False, size - reserve
         cutoff = None if self.max_age is None else round((now - self.max_age) * 1000)
         reasons: set[str] = set()
         freed = n = 0
@@ -614,7 +654,7 @@ class Outbox(BaseStore):
         rows = conn.execute("SELECT first, last, ts_max, bytes FROM block ORDER BY first LIMIT ?", (limit + 1,))
         try:
             for i, (first, last, ts_max, nbytes) in enumerate(rows):
-                too_big = self.max_bytes is not None and size - freed > self.max_bytes
+                too_big = budget is not None and size - freed > budget
                 too_old = cutoff is not None and ts_max < cutoff
                 if not (too_big or too_old):
                     break
@@ -628,9 +668,9 @@ class Outbox(BaseStore):
         finally:
             rows.close()
         if cut is None:
-            return 0, "", False, size
+            return 0, "", False, size - reserve
         _delete_blocks(conn, cut, freed, n, dropped=True)
-        return n, "+".join(sorted(reasons)), more, size - freed
+        return n, "+".join(sorted(reasons)), more, size - freed - reserve
 
     def _episode_update(self, dropped: int, reason: str, size: int) -> None:
         with self._lock:
@@ -647,7 +687,7 @@ class Outbox(BaseStore):
                         self.max_bytes,
                     )
                 self._episode["dropped"] += dropped
-            elif self._episode is not None and (self.max_bytes is None or size <= 0.9 * self.max_bytes):
+            elif self._episode is not None and (self._data_budget is None or size <= 0.9 * self._data_budget):
                 log.info(
                     "outbox %s: back under its caps; %d entries were dropped in %.0f s",
                     self.path,
@@ -883,6 +923,7 @@ class Outbox(BaseStore):
                 "tail": tail,
                 "entries": conn.execute("SELECT coalesce(sum(last - first + 1), 0) FROM block").fetchall()[0][0],
                 "bytes": size,
+                "disk_bytes": self.db.disk_bytes(),
                 "blocks": blocks,
                 "max_bytes": self.max_bytes,
                 "max_age": self.max_age,
