@@ -188,7 +188,8 @@ class Recorder:
                 "dropped_total": self.dropped["history"] + self.dropped["outbox"] + self.sub.dropped,
                 "retry_dropped": self.dropped["history"] + self.dropped["outbox"],
                 "dropped_before_recording": self.sub.dropped, "outbox_enabled": self.outbox_on,
-                "outbox_mark": self._mark}
+                "outbox_mark": self._mark,
+                "outbox_disk_bytes": ob.db.disk_bytes() if ob is not None else None}
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Replay what a kill left unrecorded, then record until :meth:`drain` stops the loop."""
