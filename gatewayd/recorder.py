@@ -228,9 +228,16 @@ class Recorder:
     def _stage(self, events: list[Event]) -> None:
         if self.outbox_on and events:
             try:
-                self.gw.outbox.stage([encode_event(ev) for ev in events])
-            except Exception as e:  # an unencodable event must not stop the recorder
-                self._failed("outbox", e, len(events))
+                rows = [encode_event(ev) for ev in events]
+            except Exception:  # an unencodable event must not stop the recorder, nor cost its neighbours
+                rows = []
+                for ev in events:
+                    try:
+                        rows.append(encode_event(ev))
+                    except Exception as e:
+                        self._lost("outbox", 1, f"(an event that cannot be encoded: {type(e).__name__}: {e}: "
+                                                f"{ev!r})")
+            self.gw.outbox.stage(rows)
 
     def _samples(self, events: list[Event]) -> list:
         samples = []
@@ -309,16 +316,20 @@ class Recorder:
                 self._lost("history", n)
 
     def _lost(self, what: str, n: int, why: str = "") -> None:
+        """Count ``n`` rows of ``what`` as dropped; ERROR once per failure episode (or each time, with ``why``)."""
         if n <= 0:
             return
         self.dropped[what] += n
+        if why:
+            log.error("%s store: %d rows dropped (lost) %s; counted in gateway.status recorder.dropped", what, n, why)
+            return
         first = what not in self._episode
         self._episode[what] = self._episode.get(what, 0) + n
-        if first or why:
-            log.error("%s store: %d rows dropped (lost) %s; counted in gateway.status recorder.dropped%s",
-                      what, n, why or f"because {self.hcfg.max_held_bytes} bytes (max_held_bytes) are held in "
-                      "memory while the store cannot be written: the oldest held rows go first",
-                      "" if why else "; logged once until the store is writable again")
+        if first:
+            log.error("%s store: %d rows dropped (lost) because %d bytes (max_held_bytes) are held in memory while "
+                      "the store cannot be written: the oldest held rows go first; counted in gateway.status "
+                      "recorder.dropped; logged once until the store is writable again",
+                      what, n, self.hcfg.max_held_bytes)
 
     def _recovered(self, what: str, n: int) -> None:
         if what not in self._failing:

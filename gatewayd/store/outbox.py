@@ -365,8 +365,8 @@ class Outbox(BaseStore):
     def _open_txn(self, conn: apsw.Connection, ahead: int) -> int:
         head, reserved = conn.execute("SELECT head, reserved FROM meta").fetchall()[0]
         if reserved > head:  # the last stop was unclean: staged entries may have been sent with these seqs
-            log.info("outbox %s: the last stop was unclean; new entries start after seq %d (seqs %d..%d "
-                     "may have been sent uncommitted and are never reused)", self.path, reserved, head + 1, reserved)
+            log.info("outbox %s: the last stop was unclean (or dropped uncommitted entries); new entries start "
+                     "after seq %d (seqs %d..%d may have been sent uncommitted and are never reused)", self.path, reserved, head + 1, reserved)
             conn.execute("UPDATE cursor SET acked = ? WHERE acked >= ?", (reserved, head))
             self.skipped = (head + 1, reserved)
             head = reserved
@@ -377,7 +377,9 @@ class Outbox(BaseStore):
         """Close the store; a clean close releases the seq reservation (nothing staged is pending)."""
         if not self.db.memory and not self._staged and not self._unstaged and not self.db._closed:
             try:
-                self.db.write_sync(lambda c: c.execute("UPDATE meta SET reserved = head"))
+                # seqs of staged entries dropped on a full disk (drop_staged) may have been sent: keep them
+                vhead = self._vhead
+                self.db.write_sync(lambda c: c.execute("UPDATE meta SET reserved = max(head, ?)", (vhead,)))
             except Exception as e:  # a full disk must not stop the shutdown; the next open skips the seqs
                 log.warning("outbox %s: could not release the seq reservation at close: %s", self.path, e)
         super().close()
