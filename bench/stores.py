@@ -238,6 +238,26 @@ def bench_outbox(d: Path, n: int) -> None:
             f"{wb / n_small:.1f} bytes written/value"
         )
 
+    # a binding size cap (a connector that never acks): the files stay near max_bytes, WAL included
+    cap = 256 * 1024
+    with Outbox(d / "outbox-capped.db", max_bytes=cap) as ob:
+        ob.cursor("never-acks")
+        biggest = 0
+        n_cap = 200_000
+        w0 = write_bytes()
+        t = time.perf_counter()
+        for i in range(0, n_cap, 100):
+            ob.append_sync([(ts + (i + j) / 100, "value", f"p{j}", payloads[(i + j) % 997]) for j in range(100)])
+            biggest = max(biggest, ob.db.disk_bytes())
+        dt = time.perf_counter() - t
+        wb = write_bytes() - w0
+        st = ob.status()
+    print(
+        f"outbox at a binding {cap // 1024} KiB cap, 100-entry batches: {fmt(n_cap / dt)} values/s, "
+        f"{wb / n_cap:.1f} bytes written/value, largest files (db + WAL) {biggest / 1024:.0f} KiB, "
+        f"{fmt(st['entries'])} entries kept, {fmt(st['dropped'])} dropped"
+    )
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

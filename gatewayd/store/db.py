@@ -321,6 +321,10 @@ class Database:
     A memory database has a single connection: the writer thread owns it and
     reads are queued on that thread too.
 
+    ``wal_max_bytes`` bounds the -wal file: a commit that leaves it larger is
+    followed by a TRUNCATE checkpoint on the writer thread (the outbox uses it
+    to keep its files under ``max_bytes``).
+
     Opening starts the writer thread and waits for it to open the file and
     migrate (about a millisecond for an up-to-date file); the reader thread and
     the inline read connection are created on first use.
@@ -396,7 +400,7 @@ class Database:
                     raise StoreError(f"{self.name} store {self.path}: cannot enable WAL (got {mode})", self.path)
             conn.execute(
                 "PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; PRAGMA temp_store=MEMORY; "
-                f"PRAGMA journal_size_limit={self._wal_max_bytes or WAL_SIZE_LIMIT}"
+                f"PRAGMA journal_size_limit={min(self._wal_max_bytes or WAL_SIZE_LIMIT, WAL_SIZE_LIMIT)}"
             )
             conn.wal_autocheckpoint(self._autocheckpoint)
         except BaseException as exc:
