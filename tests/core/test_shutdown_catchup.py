@@ -102,6 +102,7 @@ async def test_sigterm_during_catch_up_commits_every_accepted_value(tmp_path, mo
             code = await trio.to_thread.run_sync(d.proc.wait, 60)
             log = d.log()
         assert code == 0, log
+        assert "recorder stopped: every accepted event is committed" in log and ", 0 rows dropped" in log, log
     finally:
         if sub is not None:
             sub.close()
