@@ -295,25 +295,33 @@ class Recorder:
             self.batches += 1
 
     def _enforce_held_cap(self) -> None:
-        """Drop the oldest held rows while more than ``max_held_bytes`` is held (larger holder first)."""
+        """Drop the oldest held rows while more than ``max_held_bytes`` is held.
+
+        Held: samples waiting for history.db, and staged outbox entries. Only a failing
+        store's rows are dropped (a working outbox commits its staged entries with the next
+        batch); of two failing stores the one holding more gives up its oldest rows first.
+        """
         cap = self.hcfg.max_held_bytes
         ob = self.gw.outbox
         ob_bytes = ob.staged_bytes if ob is not None else 0
         h_bytes = len(self._held) * SAMPLE_MEMORY
         if h_bytes + ob_bytes <= cap:
             return
-        # the larger holder gives up its oldest rows first, the other only if that is not enough
-        if h_bytes >= ob_bytes:
-            n = -(-(h_bytes - max(0, cap - ob_bytes)) // SAMPLE_MEMORY)
-            del self._held[:n]
-            self._lost("history", n)
-            h_bytes = len(self._held) * SAMPLE_MEMORY
-        if ob is not None and h_bytes + ob.staged_bytes > cap:
-            self._lost("outbox", ob.drop_staged_bytes(max(0, cap - h_bytes)))
-            if h_bytes + ob.staged_bytes > cap:
-                n = -(-(h_bytes + ob.staged_bytes - cap) // SAMPLE_MEMORY)
+        ob_failing = ob is not None and "outbox" in self._failing
+
+        def drop_history(target: int) -> None:
+            n = min(len(self._held), -(-(len(self._held) * SAMPLE_MEMORY - max(0, target)) // SAMPLE_MEMORY))
+            if n > 0:
                 del self._held[:n]
                 self._lost("history", n)
+
+        if self._held and (h_bytes >= ob_bytes or not ob_failing):
+            drop_history(cap - ob_bytes)
+        h_bytes = len(self._held) * SAMPLE_MEMORY
+        if ob_failing and h_bytes + ob.staged_bytes > cap:
+            self._lost("outbox", ob.drop_staged_bytes(max(0, cap - h_bytes)))
+            if self._held and h_bytes + ob.staged_bytes > cap:
+                drop_history(cap - ob.staged_bytes)
 
     def _lost(self, what: str, n: int, why: str = "") -> None:
         """Count ``n`` rows of ``what`` as dropped; ERROR once per failure episode (or each time, with ``why``)."""

@@ -116,3 +116,23 @@ async def test_memory_held_is_bounded_in_bytes_and_drops_are_counted(small_fs, c
     lines = [r.getMessage() for r in caplog.records if "writable again" in r.getMessage()]
     said = sum(int(m.split("; ")[1].split()[0]) for m in lines if "were dropped while it failed" in m)
     assert said == total, lines
+
+
+async def test_only_the_failing_store_gives_up_rows(tmp_path):
+    """history.db cannot grow (max_page_count), the outbox works: past max_held_bytes the oldest held
+    samples are dropped and counted; the working outbox loses nothing."""
+    async with run_gateway(tmp_path, site('max_held_bytes = "200KiB"')) as gw:
+        await wait_until(gw, lambda: gw.recorder.samples_written > 1000, timeout=20, what="samples")
+        db = gw.history.db
+        pages = await db.write(lambda c: c.execute("PRAGMA page_count").fetchone()[0])
+        await db.write(lambda c: c.execute(f"PRAGMA max_page_count={pages}").fetchall())
+        await wait_until(gw, lambda: gw.recorder.stats()["dropped"]["history"] > 2000, timeout=30,
+                         what="history drops")
+        st = gw.recorder.stats()
+        assert st["failing"] == ["history"] and st["dropped"]["outbox"] == 0
+        assert st["held_samples"] * 150 <= 200 * 1024
+        head = gw.outbox.committed_head
+        await wait_until(gw, lambda: gw.outbox.committed_head > head, timeout=10, what="outbox commits go on")
+        await db.write(lambda c: c.execute("PRAGMA max_page_count=1073741823").fetchall())
+        await wait_until(gw, lambda: not gw.recorder.stats()["failing"], timeout=20, what="recovery")
+        assert gw.recorder.stats()["last_error"] is None
