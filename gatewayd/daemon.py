@@ -17,7 +17,8 @@ first (nothing new is accepted); the recorder commits every event already
 accepted, however long that takes (``shutdown_grace`` never discards accepted
 values); then every connector's ``drain()`` runs concurrently for what remains
 of ``[gateway] shutdown_grace`` (counted from the stop request), after which
-connectors are cancelled; current values are saved and the stores close last. Reload (SIGHUP/``config.reload``) parses and validates the new file
+connectors are cancelled; current values are saved and the stores close last.
+Reload (SIGHUP/``config.reload``) parses and validates the new file
 first — a bad file changes nothing — then restarts only changed instances.
 """
 
