@@ -387,7 +387,8 @@ class PointTable:
             for pid, raw in items:
                 p = points.get(pid)
                 tr = type(raw)
-                if p is None or not p.fast or p.status != "ok" or p.flags or (tr is not float and tr is not int):
+                if p is None or not p.fast or p.status != "ok" or p.reported_status != "ok" or p.flags \
+                        or (tr is not float and tr is not int):
                     if out:  # keep the order of events
                         self.bus.publish_many(out)
                         out = []

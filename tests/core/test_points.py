@@ -275,3 +275,21 @@ def test_mark_down_publishes_once_and_success_recovers():
     assert len(events(sub, DeviceDown)) == 1 and t.devices["dev"].conn_status == "down"
     h.success()
     assert len(events(sub, DeviceRecovered)) == 1 and t.devices["dev"].conn_status == "ok"
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_a_value_read_while_down_is_reported_again_as_ok_when_the_device_returns(batched):
+    """Found by the property test above: the short path of ``ingest_many`` skipped the
+    re-report of an unchanged value whose last report carried the device's ``down`` status."""
+    t, sub, sink = make_table([pc("b", scale=0.1, unit="°C", convert="°C => °F")])
+    sink.device_status("dev", "down")
+    t.ingest("dev/b", 0.0, 5.0)
+    sink.device_status("dev", "ok")
+    events(sub)
+    if batched:
+        t.ingest_many([("dev/b", 0.0)], 6.0)
+    else:
+        t.ingest("dev/b", 0.0, 6.0)
+    [ev] = events(sub, ValueChanged)
+    assert (ev.value, ev.status) == (32.0, "ok")
+    assert t.get("dev/b").reported_status == "ok"
