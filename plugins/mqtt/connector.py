@@ -95,7 +95,7 @@ def _sub_defaults(schema: Schema) -> dict:
 SETTINGS_SCHEMA = Schema({
     "host": Key(Str(), "127.0.0.1", "broker host name or address"),
     "port": Key(Int(min=1, max=65535), None, "default 1883, or 8883 with tls"),
-    "protocol": Key(Enum("3.1.1", "5"), "3.1.1", "MQTT protocol version"),
+    "protocol": Key(Enum("3.1.1", "5"), "5", "MQTT protocol version (\"3.1.1\" for brokers without MQTT 5)"),
     "client_id": Key(Str(check=lambda v: check_template(v, allowed=("gateway", "connector"))),
                      "gatewayd-{gateway}-{connector}", "client identifier; {gateway} and {connector} are filled in"),
     "username": Key(SecretStr(nonempty=False), None, "user name (plain or { env = ... } / { file = ... })"),
@@ -235,6 +235,8 @@ class MqttConnector(Connector):
         self.last_error: str | None = None
         self.connected_since: float | None = None
         self.reconnects = 0
+        #: set once the broker acknowledged this connection's command subscription
+        self.commands_subscribed = trio.Event()
         self.published = 0
         self.filtered = 0
         self.commands_ok = 0
@@ -361,12 +363,14 @@ class MqttConnector(Connector):
     async def _connected(self, session: Session) -> None:
         """Everything that lives as long as one connection."""
         s = self.s
+        self.commands_subscribed = trio.Event()
         if s["lwt"]:
             session.publish(self.t["gateway"].render(), self._status_payload("online"), 1, True)
         async with trio.open_nursery() as n:
             if self.cmd["enabled"] and not self.bem["enabled"]:
                 self._cmd_send, self._cmd_recv = trio.open_memory_channel(self.cmd["queue"])
-                session.subscribe([(self.cmd_topic.subscription(("device", "point")), self.cmd["qos"])])
+                session.subscribe([(self.cmd_topic.subscription(("device", "point")), self.cmd["qos"])],
+                                  retain_as_published=True, on_done=self._commands_suback)
                 n.start_soon(self._command_worker, session, self._cmd_recv)
             if self.bem["enabled"]:
                 if self.cmd["enabled"]:
@@ -384,6 +388,15 @@ class MqttConnector(Connector):
                         await self._bem_map_event.wait()
             session.kick()
             await self._publisher(session)
+
+    def _commands_suback(self, reasons: list) -> None:
+        """SUBACK of the command subscription: say so when the broker refused it."""
+        bad = [str(r) for r in reasons if getattr(r, "is_failure", False) or (isinstance(r, int) and r >= 0x80)]
+        if bad:
+            self.log.error("the broker refused the command subscription (%s): commands will not arrive; "
+                           "check the broker's ACL for this client", ", ".join(bad))
+        else:
+            self.commands_subscribed.set()
 
     # ------------------------------------------------------------------ delivery
     def _reset_inflight(self) -> None:
@@ -607,6 +620,8 @@ class MqttConnector(Connector):
         m = self.cmd_topic.match(topic, ("device", "point"))
         if m is None or self._cmd_send is None:
             return
+        if not msg.payload:  # clearing a retained command: nothing to do, nothing to answer
+            return
         props = getattr(msg, "properties", None)
         reply = None
         if props is not None and getattr(props, "ResponseTopic", None):
@@ -660,8 +675,13 @@ class MqttConnector(Connector):
         if retained:
             return {**base, "ok": False, "error": "retained commands are ignored (publish commands with retain=false)"}
         try:
-            req = json.loads(payload)
-        except (ValueError, UnicodeDecodeError) as e:
+            text = payload.decode("utf-8-sig") if isinstance(payload, (bytes, bytearray)) else payload
+        except UnicodeDecodeError as e:
+            return {**base, "ok": False, "error": f"payload is not UTF-8 JSON (byte 0x{payload[e.start]:02x} at "
+                                                   f"offset {e.start} is not UTF-8)"}
+        try:
+            req = json.loads(text)
+        except ValueError as e:
             return {**base, "ok": False, "error": f"payload is not JSON: {e}"}
         if not isinstance(req, dict) or "value" not in req:
             return {**base, "ok": False, "error": "payload must be a JSON object with \"value\" "
@@ -744,7 +764,7 @@ class MqttConnector(Connector):
         new = want - self._bem_actuators
         gone = self._bem_actuators - want
         if new:
-            session.subscribe([(t, max(1, self.cmd["qos"])) for t in sorted(new)])
+            session.subscribe([(t, max(1, self.cmd["qos"])) for t in sorted(new)], retain_as_published=True)
         if gone and session.client is not None:
             session.client.unsubscribe(sorted(gone))
         self._bem_actuators = want

@@ -31,6 +31,7 @@ update plain state and set ``trio.Event``s.
 from __future__ import annotations
 
 import errno
+import os
 import logging
 import socket
 import ssl
@@ -158,16 +159,64 @@ async def open_socket(opts: SessionOptions) -> socket.socket:
     raise MqttError(f"connecting to {opts.host}:{opts.port} timed out after {opts.connect_timeout:g}s")
 
 
+def why_lost(e: BaseException | None) -> str:
+    """What a socket error means for an operator (paho reports every one as "connection lost")."""
+    if e is None:
+        return "the broker closed the connection"
+    if isinstance(e, ssl.SSLError):
+        reason = (e.reason or "").lower().replace("_", " ")
+        if "alert" in reason:
+            return f"the broker ended TLS with an alert ({reason})"
+        return f"TLS error: {e.reason or e}"
+    if isinstance(e, ConnectionResetError):
+        return "connection reset (the broker process died or a firewall/NAT dropped the connection)"
+    if isinstance(e, BrokenPipeError):
+        return "the broker closed the connection while we were sending"
+    if isinstance(e, TimeoutError):
+        return "the network stopped answering (TCP timeout)"
+    if isinstance(e, OSError) and e.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+        return f"no route to the broker ({os.strerror(e.errno)})"
+    return f"connection lost: {e}"
+
+
 class _Client(paho.Client):
-    """paho Client that uses a socket we opened (non-blocking, in trio) instead of making one."""
+    """paho Client that uses a socket we opened (non-blocking, in trio) instead of making one.
+
+    It also remembers why the socket failed (``gwd_why``): paho folds every socket error
+    into "connection lost" / "Unspecified error".
+    """
 
     _gwd_sock: Any = None
+    gwd_why: str | None = None
 
     def _create_socket(self):  # noqa: D401 - paho hook
         sock, self._gwd_sock = self._gwd_sock, None
         if sock is None:
             raise MqttError("no socket prepared (paho tried to reconnect by itself)")
         return sock
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        try:
+            data = super()._sock_recv(bufsize)
+        except BlockingIOError:
+            raise
+        except OSError as e:
+            if self.gwd_why is None:
+                self.gwd_why = why_lost(e)
+            raise
+        if not data and self.gwd_why is None:
+            self.gwd_why = why_lost(None)
+        return data
+
+    def _sock_send(self, buf) -> int:
+        try:
+            return super()._sock_send(buf)
+        except BlockingIOError:
+            raise
+        except OSError as e:
+            if self.gwd_why is None:
+                self.gwd_why = why_lost(e)
+            raise
 
 
 def _notify_closing(client, userdata, sock) -> None:
@@ -201,6 +250,7 @@ class Session:
         self._connack: tuple[bool, str] | None = None
         self._kick = trio.Event()
         self._drained: list[Callable[[], None]] = []
+        self._subacks: dict[int, Callable[[list], None]] = {}
         #: published before a clean DISCONNECT when the session is cancelled (e.g. the retained "offline")
         self.farewell: tuple[str, bytes, int, bool] | None = None
 
@@ -212,13 +262,31 @@ class Session:
 
     def _cb_disconnect(self, client, userdata, flags, reason, properties) -> None:
         if self.error is None:
-            self.error = f"disconnected: {reason}" if str(reason) not in ("Success", "Normal disconnection") \
-                else "connection closed"
+            self.error = self._disconnect_reason(client, flags, reason)
         self.lost.set()
+
+    def _disconnect_reason(self, client, flags, reason) -> str:
+        text = str(reason)
+        if getattr(flags, "is_disconnect_packet_from_server", False):
+            return f"the broker closed the connection: {text}"  # MQTT 5 DISCONNECT with a reason code
+        why = getattr(client, "gwd_why", None)
+        if why:
+            return why
+        if "keep alive" in text.lower() or "keepalive" in text.lower():
+            return f"no answer from the broker to a keepalive ping within {self.opts.keepalive:g}s " \
+                   "(broker stopped or hung, or the network path is lost)"
+        if text in ("Success", "Normal disconnection"):
+            return "connection closed"
+        return f"disconnected: {text}"
 
     def _cb_publish(self, client, userdata, mid, reason, properties) -> None:
         if self._on_publish is not None:
             self._on_publish(mid)
+
+    def _cb_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        fn = self._subacks.pop(mid, None)
+        if fn is not None:
+            fn(list(reason_codes))
 
     def _cb_message(self, client, userdata, msg) -> None:
         if self._on_message is not None:
@@ -239,13 +307,26 @@ class Session:
             raise MqttError(f"publish to {topic!r} failed: {paho.error_string(info.rc)}")
         return info.mid
 
-    def subscribe(self, topics: list[tuple[str, int]]) -> None:
+    def subscribe(self, topics: list[tuple[str, int]], *, retain_as_published: bool = False,
+                  on_done: Callable[[list], None] | None = None) -> None:
+        """SUBSCRIBE to ``(filter, qos)`` pairs; ``on_done(reason codes)`` runs when the SUBACK arrives.
+
+        ``retain_as_published`` (MQTT 5 only) asks the broker to keep the RETAIN flag of live
+        messages as the publisher set it; otherwise brokers clear it for existing subscriptions
+        (MQTT 3.1.1 §3.3.1.3), so a retained command published while connected looks live.
+        """
         c = self.client
         if c is None or self.lost.is_set() or not topics:
             return
-        rc, _mid = c.subscribe(topics)
+        if self.opts.v5:
+            from paho.mqtt.subscribeoptions import SubscribeOptions
+
+            topics = [(t, SubscribeOptions(qos=q, retainAsPublished=retain_as_published)) for t, q in topics]
+        rc, mid = c.subscribe(topics)
         if rc:
             self._set_lost(f"subscribe failed: {paho.error_string(rc)}")
+        elif on_done is not None:
+            self._subacks[mid] = on_done
 
     def kick(self) -> None:
         """Tell the writer that paho may have queued bytes (call after publishing a burst)."""
@@ -285,6 +366,7 @@ class Session:
         c.on_connect = self._cb_connect
         c.on_disconnect = self._cb_disconnect
         c.on_message = self._cb_message
+        c.on_subscribe = self._cb_subscribe
         if self._on_publish is not None:
             c.on_publish = self._cb_publish
         c.on_socket_close = _notify_closing
@@ -384,7 +466,7 @@ class Session:
         c = self.client
         if rc or c is None or c.socket() is not sock:
             if rc and rc not in (paho.MQTT_ERR_SUCCESS,):
-                self._set_lost(_describe(rc))
+                self._set_lost(getattr(c, "gwd_why", None) or _describe(rc))
             else:
                 self._set_lost("connection closed")
             return False

@@ -151,3 +151,58 @@ async def test_bemcom_contract(tmp_path, broker, subscriber_factory, plugin_path
             while gw.state.kv_get("connector:up", "bemcom_map") != dmap:
                 await trio.sleep(0.02)
         await publish(sub, "gw-conn/datapoint_map", b"", retain=True)
+
+
+async def _commands_ready(gw, cid="up"):
+    """Until the connector has its command subscription acknowledged by the broker."""
+    with trio.fail_after(10):
+        while not gw.connectors[cid].instance.commands_subscribed.is_set():
+            await trio.sleep(0.02)
+
+
+async def test_retained_command_published_while_connected_is_refused(tmp_path, broker, subscriber_factory,
+                                                                     plugin_path):
+    """Issue 11.5: a broker delivers a live retained PUBLISH to existing subscribers with the retain
+    flag cleared (MQTT 3.1.1 §3.3.1.3); the connector subscribes with retain-as-published (MQTT 5,
+    the default protocol) so it still sees the flag, and refuses the command."""
+    sub = subscriber_factory(broker.port, "gatewayd/test/+/+/set/result")
+    try:
+        async with run_gateway(tmp_path, site(broker.port, connector=CMD)) as gw:
+            await wait_connected(gw)
+            await _commands_ready(gw)
+            before = gw.points.points["d0/setpoint"].value
+            await publish(sub, "gatewayd/test/d0/setpoint/set", json.dumps({"value": 5, "id": "r"}), retain=True)
+            await sub.wait_for(lambda ms: len(results(sub)) >= 1, 10)
+            (r,) = results(sub)
+            assert r["ok"] is False and "retained" in r["error"], r
+            assert gw.points.points["d0/setpoint"].value == before
+            # a plain command still works on the same subscription
+            await publish(sub, "gatewayd/test/d0/setpoint/set", json.dumps({"value": 6, "id": "p"}))
+            await sub.wait_for(lambda ms: len(results(sub)) >= 2, 10)
+            assert results(sub)[1]["ok"] is True
+    finally:
+        await publish(sub, "gatewayd/test/d0/setpoint/set", b"", retain=True)
+
+
+async def test_clearing_a_retained_command_is_silent_and_non_utf8_is_named(tmp_path, broker, subscriber_factory,
+                                                                          plugin_path):
+    """Issue 12.15: an empty payload (how MQTT users clear a retained message) gets no answer and
+    counts as nothing; a payload that is not UTF-8 is called that, not a utf-16 codec error."""
+    sub = subscriber_factory(broker.port, "gatewayd/test/+/+/set/result")
+    async with run_gateway(tmp_path, site(broker.port, connector=CMD)) as gw:
+        await wait_connected(gw)
+        await _commands_ready(gw)
+        await publish(sub, "gatewayd/test/d0/setpoint/set", b"", retain=True)  # clears (nothing retained)
+        await publish(sub, "gatewayd/test/d0/setpoint/set", b"")
+        await publish(sub, "gatewayd/test/d0/setpoint/set", b"\xff\xfe{\x00}\x00")
+        await publish(sub, "gatewayd/test/d0/setpoint/set", "{\"value\": 1}".encode("utf-16"))
+        await publish(sub, "gatewayd/test/d0/setpoint/set", json.dumps({"value": 4, "id": "last"}))
+        await sub.wait_for(lambda ms: len(results(sub)) >= 3, 10)
+        got = results(sub)
+        # commands are handled in order: the two empty payloads produced nothing before these
+        assert [r.get("id") for r in got] == [None, None, "last"], got
+        for r in got[:2]:
+            assert r["ok"] is False and r["error"].startswith("payload is not UTF-8 JSON"), r
+            assert "codec" not in r["error"]
+        (st,) = await rpc(gw, "connectors.status", {"connector": "up"})
+        assert st["commands"]["ok"] == 1 and st["commands"]["rejected"] == 2
