@@ -32,7 +32,7 @@ import trio
 from gatewayd.plugin import (Bool, Connector, Duration, Enum, Int, Key, List, PointError, Schema, SecretStr, Str,
                              Table, WriteError)
 
-from .session import ConnectionLost, MqttError, Session, SessionOptions
+from .session import ConnectionLost, MqttError, Session, SessionOptions, Unreachable
 from .topics import Filters, Template, check_template, dumps, rfc3339, value_body
 
 __all__ = ["MqttConnector", "SETTINGS_SCHEMA"]
@@ -124,7 +124,10 @@ SETTINGS_SCHEMA = Schema({
     "read_batch": Key(Int(min=1, max=100_000), 2000, "outbox entries read per chunk, at most"),
     "ack_interval": Key(Duration(min=0, max=60), 0.2, "how often the delivered position is persisted"),
     "reconnect_min": Key(Duration(min=0.05), 1.0, "first reconnect delay"),
-    "reconnect_max": Key(Duration(min=0.05), 60.0, "reconnect delay cap (doubling with jitter)"),
+    "reconnect_max": Key(Duration(min=0.05), 15.0, "reconnect delay cap (doubling with jitter)"),
+    "reconnect_probe": Key(Duration(min=0), 1.0, "while waiting to reconnect after a lost or refused TCP "
+                           "connection, try a plain TCP connect this often and reconnect as soon as the "
+                           "port answers (0: off)"),
 })
 
 
@@ -320,6 +323,7 @@ class MqttConnector(Connector):
         while True:
             self.state = "connecting"
             error: str | None = None
+            probe_ok = True
             try:
                 session = Session(self._session_options(), on_message=self._on_message,
                                   on_publish=self._on_publish if self.qos else None, log=self.log)
@@ -346,7 +350,10 @@ class MqttConnector(Connector):
                 error = session.error or "connection closed"
                 self.reconnects += 1
             except* MqttError as eg:
-                error = str(_leaf(eg))
+                leaf = _leaf(eg)
+                error = str(leaf)
+                # probe only while nothing answers; a broker that answers and refuses (auth, TLS) just backs off
+                probe_ok = isinstance(leaf, Unreachable)
             finally:
                 self._session = None
                 self._conn_nursery = None
@@ -357,8 +364,31 @@ class MqttConnector(Connector):
             self.state = "backoff"
             lvl = logging.WARNING if failures <= 1 or failures % 30 == 0 else logging.DEBUG
             self.log.log(lvl, "%s; retrying in %.1fs", error, delay)
-            await trio.sleep(delay * random.uniform(0.8, 1.2))
+            wait = delay * random.uniform(0.8, 1.2)
+            if probe_ok and s["reconnect_probe"] > 0 and wait > s["reconnect_probe"]:
+                with trio.move_on_after(wait):
+                    await self._port_answers(s["reconnect_probe"])
+                    self.log.info("%s:%d answers again; reconnecting now", s["host"], self.port)
+            else:
+                await trio.sleep(wait)
             delay = min(delay * 2, s["reconnect_max"])
+
+    async def _port_answers(self, every: float) -> None:
+        """Return once a plain TCP connect to the broker succeeds (tried every ``every`` seconds).
+
+        A cheap SYN/ACK probe: the full MQTT reconnect (TLS, CONNECT, session) waits for
+        the backoff only while nothing listens; a broker that comes back is used within
+        about ``every`` seconds, not at the end of a minute of backoff.
+        """
+        while True:
+            await trio.sleep(every)
+            try:
+                with trio.move_on_after(max(every, 1.0)):
+                    stream = await trio.open_tcp_stream(self.s["host"], self.port)
+                    await stream.aclose()
+                    return
+            except OSError:
+                pass
 
     async def _connected(self, session: Session) -> None:
         """Everything that lives as long as one connection."""

@@ -43,11 +43,15 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-__all__ = ["Session", "SessionOptions", "MqttError", "ConnectRefused", "ConnectionLost", "open_socket"]
+__all__ = ["Session", "SessionOptions", "MqttError", "ConnectRefused", "ConnectionLost", "Unreachable", "open_socket"]
 
 
 class MqttError(Exception):
     """A connection could not be made or was lost; the message is shown in ``connectors.status``."""
+
+
+class Unreachable(MqttError):
+    """No TCP connection to the broker could be made (refused, timed out, no route)."""
 
 
 class ConnectRefused(MqttError):
@@ -115,7 +119,7 @@ async def _tcp_connect(host: str, port: int) -> socket.socket:
             if not isinstance(e, OSError):
                 raise
             last = e
-    raise MqttError(f"cannot connect to {host}:{port}: {getattr(last, 'strerror', None) or last}")
+    raise Unreachable(f"cannot connect to {host}:{port}: {getattr(last, 'strerror', None) or last}")
 
 
 async def _tls_handshake(sock: socket.socket, ctx: ssl.SSLContext, server_hostname: str | None) -> ssl.SSLSocket:
@@ -156,7 +160,7 @@ async def open_socket(opts: SessionOptions) -> socket.socket:
             sock.close()
             raise
     assert cs.cancelled_caught
-    raise MqttError(f"connecting to {opts.host}:{opts.port} timed out after {opts.connect_timeout:g}s")
+    raise Unreachable(f"connecting to {opts.host}:{opts.port} timed out after {opts.connect_timeout:g}s")
 
 
 def why_lost(e: BaseException | None) -> str:

@@ -213,3 +213,41 @@ async def test_hot_reload_keeps_cursor(tmp_path, broker, subscriber_factory, plu
                  for t, p, _r, _q in msgs if t.endswith("/value")]
         dups = check_complete_in_order(pairs, 4000)
         assert dups <= 1000
+
+
+async def test_broker_back_is_used_within_the_probe_interval_not_the_backoff(tmp_path, broker, subscriber_factory,
+                                                                            plugin_path):
+    """Issue 12.17: after the broker returns, delivery resumes within about ``reconnect_probe``
+    (a TCP probe during the backoff), not at the end of a long backoff (here 20 s)."""
+    conf = site(broker.port).replace('reconnect_min = "100ms"', 'reconnect_min = "20s"') \
+        .replace('reconnect_max = "500ms"', 'reconnect_max = "60s"\nreconnect_probe = "200ms"')
+    async with run_gateway(tmp_path, conf) as gw:
+        await wait_connected(gw)
+        broker.stop()
+        with trio.fail_after(10):
+            while (await connector_status(gw))["connection"] != "backoff":
+                await trio.sleep(0.05)
+        broker.start()
+        sub = subscriber_factory(broker.port, "gatewayd/+/+/+/value")
+        await wait_connected(gw, timeout=10)  # the backoff alone would wait 16-24 s
+        driver(gw).produce(5)
+        await sub.wait_count(5)
+
+
+async def test_an_auth_refusal_is_not_probed(tmp_path, broker_factory, plugin_path, caplog):
+    """A broker that answers and refuses (bad password) gets the plain backoff, not a retry per probe."""
+    b = broker_factory(users={"gw": "right"})
+    conf = site(b.port, connector='username = "gw"\npassword = "wrong"') \
+        .replace('reconnect_min = "100ms"', 'reconnect_min = "3s"') \
+        .replace('reconnect_max = "500ms"', 'reconnect_max = "3s"\nreconnect_probe = "100ms"')
+    async with run_gateway(tmp_path, conf) as gw:
+        with trio.fail_after(10):
+            while (await connector_status(gw))["connection"] != "backoff":
+                await trio.sleep(0.05)
+        st = await connector_status(gw)
+        assert "refused" in st["last_error"]
+        # within the 3 s backoff (at least 2.4 s with jitter) no new attempt was made
+        with trio.move_on_after(1.5):
+            while (await connector_status(gw))["connection"] == "backoff":
+                await trio.sleep(0.05)
+        assert (await connector_status(gw))["connection"] == "backoff"
