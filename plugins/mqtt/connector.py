@@ -231,13 +231,15 @@ class MqttConnector(Connector):
         self._bem_map: dict | None = None
         self._bem_map_event = trio.Event()
         self._bem_actuators: set[str] = set()
-        self._bem_available: bytes | None = None
+        self._bem_available: tuple | None = None  # the datapoint set last published on this connection
         self._bem_log: _LogForward | None = None
         # status
         self.state = "starting"
         self.last_error: str | None = None
         self.connected_since: float | None = None
         self.reconnects = 0
+        self._draining = False
+        self._progress = trio.Event()  # set whenever the delivered position advances
         #: set once the broker acknowledged this connection's command subscription
         self.commands_subscribed = trio.Event()
         self.published = 0
@@ -315,6 +317,29 @@ class MqttConnector(Connector):
             with trio.CancelScope(shield=True), trio.move_on_after(5):
                 await self._persist()
             self.state = "stopped"
+
+    async def drain(self) -> None:
+        """At a stop: deliver what the outbox holds up to its head, then return.
+
+        Commands arriving meanwhile are answered "stopping" and not executed. When the
+        broker is not connected there is nothing to gain by waiting: the entries stay in
+        the outbox for the next start (nothing is lost), and this returns at once.
+        """
+        self._draining = True
+        if self.cursor is None:
+            return
+        head = self.cursor.outbox.head
+        if self._done >= head:
+            return
+        if self.state != "connected":
+            self.log.info("stopping while the broker is not connected: %d outbox entries wait for the next start",
+                          head - self._done)
+            return
+        self.log.info("stopping: delivering the last %d outbox entries first", head - self._done)
+        while self._done < head and self.state == "connected":
+            self._progress = trio.Event()
+            await self._progress.wait()
+        await self._persist()
 
     async def _connection_loop(self) -> None:
         s = self.s
@@ -407,6 +432,7 @@ class MqttConnector(Connector):
                     self._cmd_send, self._cmd_recv = trio.open_memory_channel(self.cmd["queue"])
                     n.start_soon(self._command_worker, session, self._cmd_recv)
                 self._bem_actuators = set()
+                self._bem_available = None  # once per connection (a broker without persistence lost it)
                 session.subscribe([(f"{self.bem_name}/datapoint_map", 1)])
                 if self._bem_map is not None:
                     self._bem_apply_map(self._bem_map, session)
@@ -434,6 +460,7 @@ class MqttConnector(Connector):
         self._mids.clear()
         self._inflight = 0
         self._room.set()
+        self._progress.set()  # wakes a drain() waiting on a connection that is gone
 
     def _on_publish(self, mid: int) -> None:
         chunk = self._mids.pop(mid, None)
@@ -460,6 +487,7 @@ class MqttConnector(Connector):
         if advanced:
             self._ack_wake.set()
             self._room.set()
+            self._progress.set()
 
     async def _publisher(self, session: Session) -> None:
         sent = self._done
@@ -659,6 +687,10 @@ class MqttConnector(Connector):
         self._enqueue(("cmd", topic, f"{m['device']}/{m['point']}", msg.payload, reply, bool(msg.retain)))
 
     def _enqueue(self, item) -> None:
+        if self._draining:
+            self.commands_rejected += 1
+            self._respond(self._session, item, {"ok": False, "error": "the gateway is stopping; command not executed"})
+            return
         try:
             self._cmd_send.send_nowait(item)
         except trio.WouldBlock:
@@ -760,7 +792,9 @@ class MqttConnector(Connector):
             return "true" if v else "false"
         return "" if v is None else (json.dumps(v) if not isinstance(v, str) else v)
 
-    def _bem_available_payload(self) -> bytes:
+    def _bem_available_payload(self) -> tuple[tuple, bytes]:
+        """(the set of datapoints, the message): the message goes out when the set changes,
+        not when an example value does (BEMCom's message format)."""
         sensor: dict[str, Any] = {}
         actuator: dict[str, Any] = {}
         for pid, p in sorted(self._bem_points().items()):
@@ -771,7 +805,7 @@ class MqttConnector(Connector):
             sensor[_bemcom_key(pid)] = example
             if self.cmd["enabled"] and cfg.writable and self.cmd_allow.point(pid, cfg.device, ()):
                 actuator[_bemcom_key(pid)] = example
-        return dumps({"sensor": sensor, "actuator": actuator})
+        return (tuple(sensor), tuple(actuator)), dumps({"sensor": sensor, "actuator": actuator})
 
     def _bem_datapoint_map(self, payload: bytes, session: Session | None) -> None:
         try:
@@ -814,10 +848,10 @@ class MqttConnector(Connector):
     async def _bem_heartbeat(self, session: Session) -> None:
         interval = self.bem["heartbeat_interval"]
         while True:
-            avail = self._bem_available_payload()
-            if avail != self._bem_available:
+            key, avail = self._bem_available_payload()
+            if key != self._bem_available:
                 session.publish(f"{self.bem_name}/available_datapoints", avail, 1, True)
-                self._bem_available = avail
+                self._bem_available = key
             now = int(time.time() * 1000)
             session.publish(f"{self.bem_name}/heartbeat",
                             dumps({"this_heartbeats_timestamp": now,

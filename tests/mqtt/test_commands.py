@@ -206,3 +206,28 @@ async def test_clearing_a_retained_command_is_silent_and_non_utf8_is_named(tmp_p
             assert "codec" not in r["error"]
         (st,) = await rpc(gw, "connectors.status", {"connector": "up"})
         assert st["commands"]["ok"] == 1 and st["commands"]["rejected"] == 2
+
+
+async def test_bemcom_available_datapoints_only_when_the_set_changes(tmp_path, broker, subscriber_factory,
+                                                                     plugin_path):
+    """Issue 12.14: example values change every cycle; available_datapoints goes out once per
+    connection and again only when the set of datapoints changes (a reload adding a point)."""
+    sub = subscriber_factory(broker.port, "gw-conn/#")
+    conf = site(broker.port, points=3, connector=BEM)
+    async with run_gateway(tmp_path, conf) as gw:
+        await wait_connected(gw)
+        n = 0
+        for _ in range(3):  # three heartbeats with new example values in between
+            driver(gw).produce(6)
+            n += 1
+            await sub.wait_count(n + 1, lambda t: t == "gw-conn/heartbeat", timeout=10)
+        avail = [p for t, p, _r, _q in sub.snapshot() if t == "gw-conn/available_datapoints"]
+        assert len(avail) == 1, avail
+        from gatewayd.testing import site_toml
+
+        (tmp_path / "gatewayd.toml").write_text(site_toml(tmp_path, site(broker.port, points=4, connector=BEM)))
+        await rpc(gw, "config.reload", {})
+        msgs = await sub.wait_count(2, lambda t: t == "gw-conn/available_datapoints", timeout=10)
+        last = json.loads([p for t, p, _r, _q in msgs if t == "gw-conn/available_datapoints"][-1])
+        assert "d0__p0003" in last["sensor"]
+        await publish(sub, "gw-conn/datapoint_map", b"", retain=True)
