@@ -162,9 +162,11 @@ def sustained(port: int, qos: int, batch: bool, seconds: float) -> tuple[float, 
     return rate, (w1 - w0) // max(1, n1 - n0)
 
 
-def latency(port: int, batch: bool) -> tuple[float, float, int]:
+def latency(port: int, batch: bool, per_cycle: int = 100, interval: str = "100ms",
+            flush: str | None = None) -> tuple[float, float, int]:
     tmp = tempfile.mkdtemp(prefix="bench-mqtt-")
-    text = site(port, qos=1, batch=batch, per_cycle=100, interval="100ms", points=100, devices=1)  # defaults
+    kw = {"flush": flush} if flush else {}
+    text = site(port, qos=1, batch=batch, per_cycle=per_cycle, interval=interval, points=100, devices=1, **kw)
     counter = Counter(port, latency=True)
     d = run_gateway(tmp, text)
     try:
@@ -226,10 +228,36 @@ def drain(broker: Broker, n: int, batch: bool, qos: int) -> tuple[float, float, 
     return got / (t1 - t0), t_fill, (w1 - w0) // max(1, got)
 
 
+def latency_sweep() -> None:
+    """Latency at 1,000 values/s under the same load, varying one thing at a time: how many
+    values a read cycle hands over at once (the burst), and the recorder's flush interval."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    tmp = tempfile.mkdtemp(prefix="bench-broker-")
+    broker = Broker(tmp, port=port).start()
+    try:
+        print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs; load {os.getloadavg()[0]:.2f} "
+              f"(1-min average before the run)")
+        print("latency PointSink -> subscriber, QoS 1, 1,000 values/s, per-point mode")
+        for per_cycle, interval, flush in ((100, "100ms", None), (10, "10ms", None), (1000, "1s", None),
+                                           (100, "100ms", "100ms"), (100, "100ms", "5s")):
+            p50, p99, n = latency(port, False, per_cycle, interval, flush)
+            print(f"   burst {per_cycle:5d} every {interval:>5}, flush {flush or '1s (default)':>13}: "
+                  f"p50 {p50:6.1f} ms   p99 {p99:6.1f} ms   ({n} values; load {os.getloadavg()[0]:.2f})")
+    finally:
+        broker.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="shorter windows, 200k backlog")
+    ap.add_argument("--latency", action="store_true",
+                    help="only the latency part, with a sweep of what makes the tail (burst size, flush interval)")
     a = ap.parse_args()
+    if a.latency:
+        return latency_sweep()
     secs = 5 if a.quick else 10
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -296,6 +296,10 @@ class MqttConnector(Connector):
 
     # ------------------------------------------------------------------ main
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        if self.cmd["enabled"] and self.s["protocol"] != "5":
+            self.log.warning("commands over MQTT 3.1.1: a retained command published while the gateway is connected "
+                             "cannot be told from a live one (brokers clear the flag) and would run; use "
+                             "protocol = \"5\" where the broker supports it")
         self.cursor = self.ctx.cursor
         self._done = self._acked = self.cursor.position()
         if self.bem["enabled"]:
