@@ -276,7 +276,7 @@ class Connector:
         nothing. An exception is logged and does not fail the reload."""
 
     async def drain(self) -> None:
-        """Shutdown grace (CONTRACTS C2): called once at a stop, after the drivers stopped and
+        """Shutdown grace: called once at a stop, after the drivers stopped and
         the recorder committed every accepted event, concurrently with the other connectors'.
 
         Send what is still in the outbox (up to the head) and return once done; stop taking
