@@ -32,12 +32,15 @@ import trio
 from gatewayd.plugin import (Bool, Connector, Duration, Enum, Int, Key, List, PointError, Schema, SecretStr, Str,
                              Table, WriteError)
 
-from .session import ConnectionLost, MqttError, Session, SessionOptions
+from .session import ConnectFailed, ConnectionLost, MqttError, Session, SessionOptions, port_answers
 from .topics import Filters, Template, check_template, dumps, rfc3339, value_body
 
 __all__ = ["MqttConnector", "SETTINGS_SCHEMA"]
 
 EVENT_DEFAULT = ["value", "status", "device_*", "alarm*"]
+
+#: while the broker's port does not answer, it is tried this often (a TCP connect) during the backoff delay
+PORT_PROBE_INTERVAL = 1.0
 
 _loads = json.JSONDecoder().decode
 
@@ -124,7 +127,8 @@ SETTINGS_SCHEMA = Schema({
     "read_batch": Key(Int(min=1, max=100_000), 2000, "outbox entries read per chunk, at most"),
     "ack_interval": Key(Duration(min=0, max=60), 0.2, "how often the delivered position is persisted"),
     "reconnect_min": Key(Duration(min=0.05), 1.0, "first reconnect delay"),
-    "reconnect_max": Key(Duration(min=0.05), 60.0, "reconnect delay cap (doubling with jitter)"),
+    "reconnect_max": Key(Duration(min=0.05), 10.0, "reconnect delay cap (doubling with jitter); while the "
+                         "broker's port does not answer it is probed every second and reconnected at once"),
 })
 
 
@@ -143,6 +147,15 @@ def _leaf(e: BaseException) -> BaseException:
     while isinstance(e, BaseExceptionGroup):
         e = e.exceptions[0]
     return e
+
+
+def _request_id(payload: bytes) -> dict:
+    """``{"id": ...}`` of a command payload when it has one (best effort, for refusals before parsing)."""
+    try:
+        req = json.loads(payload.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        return {}
+    return {"id": req["id"]} if isinstance(req, dict) and "id" in req else {}
 
 
 def _bemcom_key(point_id: str) -> str:
@@ -187,7 +200,7 @@ class MqttConnector(Connector):
                 yield ("tls", "key"), "tls.key needs tls.cert"
         if s.get("password") is not None and s.get("username") is None:
             yield ("password",), "password needs username"
-        if s.get("reconnect_max", 60) < s.get("reconnect_min", 1):
+        if s.get("reconnect_max", 10) < s.get("reconnect_min", 1):
             yield ("reconnect_max",), "reconnect_max must be >= reconnect_min"
         if (s.get("bemcom") or {}).get("enabled") and s.get("batch"):
             yield ("batch",), "batch mode does not apply to the BEMCom contract (one topic per datapoint)"
@@ -219,6 +232,8 @@ class MqttConnector(Connector):
         self._inflight = 0
         self._room = trio.Event()
         self._ack_wake = trio.Event()
+        self._progress = trio.Event()  # set whenever _done advances (drain waits on it)
+        self._draining = False
         self._vtopics: dict[str, str] = {}
         self._vinfo: dict[str, tuple] = {}  # point -> (accepted, device, driver, unit): the value fast path
         self._session: Session | None = None
@@ -228,7 +243,7 @@ class MqttConnector(Connector):
         self._bem_map: dict | None = None
         self._bem_map_event = trio.Event()
         self._bem_actuators: set[str] = set()
-        self._bem_available: bytes | None = None
+        self._bem_available: tuple | None = None  # the set of datapoints last published
         self._bem_log: _LogForward | None = None
         # status
         self.state = "starting"
@@ -318,6 +333,7 @@ class MqttConnector(Connector):
         while True:
             self.state = "connecting"
             error: str | None = None
+            port_down = False
             try:
                 session = Session(self._session_options(), on_message=self._on_message,
                                   on_publish=self._on_publish if self.qos else None, log=self.log)
@@ -344,7 +360,9 @@ class MqttConnector(Connector):
                 error = session.error or "connection closed"
                 self.reconnects += 1
             except* MqttError as eg:
-                error = str(_leaf(eg))
+                leaf = _leaf(eg)
+                error = str(leaf)
+                port_down = isinstance(leaf, ConnectFailed)
             finally:
                 self._session = None
                 self._conn_nursery = None
@@ -354,9 +372,25 @@ class MqttConnector(Connector):
             self.last_error = error
             self.state = "backoff"
             lvl = logging.WARNING if failures <= 1 or failures % 30 == 0 else logging.DEBUG
-            self.log.log(lvl, "%s; retrying in %.1fs", error, delay)
-            await trio.sleep(delay * random.uniform(0.8, 1.2))
+            self.log.log(lvl, "%s; retrying in %.1fs%s", error, delay,
+                         " or as soon as the port answers" if port_down and delay > PORT_PROBE_INTERVAL else "")
+            await self._backoff(delay * random.uniform(0.8, 1.2), port_down)
             delay = min(delay * 2, s["reconnect_max"])
+
+    async def _backoff(self, delay: float, probe: bool) -> None:
+        """Sleep ``delay``; when the port did not answer, end early once a TCP connect to it succeeds.
+
+        A broker that is down costs one TCP connect attempt per second; a broker
+        that answers but refuses (credentials, TLS) waits the full doubling delay.
+        """
+        with trio.move_on_after(delay):
+            if not probe or delay <= PORT_PROBE_INTERVAL:
+                await trio.sleep_forever()
+            while True:
+                await trio.sleep(PORT_PROBE_INTERVAL)
+                if await port_answers(self.s["host"], self.port, timeout=PORT_PROBE_INTERVAL):
+                    self.log.debug("%s:%d answers again: reconnecting now", self.s["host"], self.port)
+                    return
 
     async def _connected(self, session: Session) -> None:
         """Everything that lives as long as one connection."""
@@ -366,7 +400,8 @@ class MqttConnector(Connector):
         async with trio.open_nursery() as n:
             if self.cmd["enabled"] and not self.bem["enabled"]:
                 self._cmd_send, self._cmd_recv = trio.open_memory_channel(self.cmd["queue"])
-                session.subscribe([(self.cmd_topic.subscription(("device", "point")), self.cmd["qos"])])
+                session.subscribe([(self.cmd_topic.subscription(("device", "point")), self.cmd["qos"])],
+                                  retain_as_published=True)
                 n.start_soon(self._command_worker, session, self._cmd_recv)
             if self.bem["enabled"]:
                 if self.cmd["enabled"]:
@@ -417,6 +452,7 @@ class MqttConnector(Connector):
         if advanced:
             self._ack_wake.set()
             self._room.set()
+            self._progress.set()
 
     async def _publisher(self, session: Session) -> None:
         sent = self._done
@@ -455,6 +491,25 @@ class MqttConnector(Connector):
                 self._complete(chunk)
             session.kick()
             await trio.lowlevel.checkpoint()
+
+    async def drain(self) -> None:
+        """Shutdown grace (CONTRACTS C2): deliver the outbox up to its head, persist the position, return.
+
+        From the first call on, commands are answered "stopping" and not
+        executed. Publishing goes on in the connection's own tasks (and
+        reconnects, if the broker is away); this only waits until everything
+        up to the head is acknowledged, or until it is cancelled.
+        """
+        self._draining = True
+        cursor = self.cursor
+        if cursor is None:
+            return
+        while self._done < cursor.outbox.head:
+            self._progress = trio.Event()
+            if self._done >= cursor.outbox.head:
+                break
+            await self._progress.wait()
+        await self._persist()
 
     async def _ack_loop(self) -> None:
         interval = self.s["ack_interval"]
@@ -596,7 +651,7 @@ class MqttConnector(Connector):
                 self._bem_datapoint_map(msg.payload, session)
                 return
             key = (self._bem_map or {}).get("actuator", {}).get(topic)
-            if key is None:
+            if key is None or not msg.payload:
                 return
             if not self.cmd["enabled"] or self._cmd_send is None:
                 self.log.warning("BEMCom actuator message on %s ignored: commands are disabled", topic)
@@ -607,6 +662,8 @@ class MqttConnector(Connector):
         m = self.cmd_topic.match(topic, ("device", "point"))
         if m is None or self._cmd_send is None:
             return
+        if not msg.payload:  # clearing a retained command (or an empty message): nothing to do, nothing to say
+            return
         props = getattr(msg, "properties", None)
         reply = None
         if props is not None and getattr(props, "ResponseTopic", None):
@@ -614,6 +671,11 @@ class MqttConnector(Connector):
         self._enqueue(("cmd", topic, f"{m['device']}/{m['point']}", msg.payload, reply, bool(msg.retain)))
 
     def _enqueue(self, item) -> None:
+        if self._draining:
+            self.commands_rejected += 1
+            self._respond(self._session, item, {"point": item[2], **_request_id(item[3]), "ok": False,
+                                                "error": "gateway is stopping: command not executed"})
+            return
         try:
             self._cmd_send.send_nowait(item)
         except trio.WouldBlock:
@@ -646,7 +708,11 @@ class MqttConnector(Connector):
     async def _command_worker(self, session: Session, recv) -> None:
         async with recv:
             async for item in recv:
-                body = await self._execute(item)
+                if self._draining:
+                    body = {"point": item[2], **_request_id(item[3]), "ok": False,
+                            "error": "gateway is stopping: command not executed"}
+                else:
+                    body = await self._execute(item, session)
                 if body.get("ok"):
                     self.commands_ok += 1
                 else:
@@ -654,20 +720,31 @@ class MqttConnector(Connector):
                     self.log.warning("command on %s rejected: %s", item[1], body.get("error"))
                 self._respond(session, item, body)
 
-    async def _execute(self, item) -> dict:
+    async def _execute(self, item, session: Session | None = None) -> dict:
         kind, topic, pid, payload, _reply, retained = item
-        base: dict[str, Any] = {"point": pid}
+        base: dict[str, Any] = {"point": pid, **_request_id(payload)}
+        if not retained and session is not None and not session.opts.v5:
+            # MQTT 3.1.1 brokers clear the retain flag of a message published while we are subscribed:
+            # ask the broker whether this very payload is retained on the topic.
+            try:
+                retained = await session.retained_payload(topic, timeout=self.s["connect_timeout"]) == payload
+            except MqttError as e:
+                return {**base, "ok": False, "error": f"not executed: could not check that the command is not "
+                                                      f"retained ({e})"}
         if retained:
             return {**base, "ok": False, "error": "retained commands are ignored (publish commands with retain=false)"}
         try:
-            req = json.loads(payload)
-        except (ValueError, UnicodeDecodeError) as e:
+            text = payload.decode("utf-8")
+        except UnicodeDecodeError as e:
+            return {**base, "ok": False, "error": f"payload is not UTF-8 JSON: byte 0x{payload[e.start]:02x} at "
+                                                   f"position {e.start} is not UTF-8"}
+        try:
+            req = json.loads(text)
+        except ValueError as e:
             return {**base, "ok": False, "error": f"payload is not JSON: {e}"}
         if not isinstance(req, dict) or "value" not in req:
             return {**base, "ok": False, "error": "payload must be a JSON object with \"value\" "
                                                    "(and optionally \"priority\" 1..16, \"id\")"}
-        if "id" in req:
-            base["id"] = req["id"]
         value = req["value"]
         if kind == "bemcom" and isinstance(value, str):
             try:  # BEMCom sends values as strings
@@ -710,7 +787,7 @@ class MqttConnector(Connector):
             return "true" if v else "false"
         return "" if v is None else (json.dumps(v) if not isinstance(v, str) else v)
 
-    def _bem_available_payload(self) -> bytes:
+    def _bem_available_payload(self) -> tuple[tuple, bytes]:
         sensor: dict[str, Any] = {}
         actuator: dict[str, Any] = {}
         for pid, p in sorted(self._bem_points().items()):
@@ -721,7 +798,7 @@ class MqttConnector(Connector):
             sensor[_bemcom_key(pid)] = example
             if self.cmd["enabled"] and cfg.writable and self.cmd_allow.point(pid, cfg.device, ()):
                 actuator[_bemcom_key(pid)] = example
-        return dumps({"sensor": sensor, "actuator": actuator})
+        return (tuple(sensor), tuple(actuator)), dumps({"sensor": sensor, "actuator": actuator})
 
     def _bem_datapoint_map(self, payload: bytes, session: Session | None) -> None:
         try:
@@ -744,7 +821,7 @@ class MqttConnector(Connector):
         new = want - self._bem_actuators
         gone = self._bem_actuators - want
         if new:
-            session.subscribe([(t, max(1, self.cmd["qos"])) for t in sorted(new)])
+            session.subscribe([(t, max(1, self.cmd["qos"])) for t in sorted(new)], retain_as_published=True)
         if gone and session.client is not None:
             session.client.unsubscribe(sorted(gone))
         self._bem_actuators = want
@@ -764,10 +841,11 @@ class MqttConnector(Connector):
     async def _bem_heartbeat(self, session: Session) -> None:
         interval = self.bem["heartbeat_interval"]
         while True:
-            avail = self._bem_available_payload()
-            if avail != self._bem_available:
+            # published when the SET of datapoints changes (BEMCom's contract), not when example values do
+            keys, avail = self._bem_available_payload()
+            if keys != self._bem_available:
                 session.publish(f"{self.bem_name}/available_datapoints", avail, 1, True)
-                self._bem_available = avail
+                self._bem_available = keys
             now = int(time.time() * 1000)
             session.publish(f"{self.bem_name}/heartbeat",
                             dumps({"this_heartbeats_timestamp": now,

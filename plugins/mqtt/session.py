@@ -41,8 +41,10 @@ from paho.mqtt import client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
-__all__ = ["Session", "SessionOptions", "MqttError", "ConnectRefused", "ConnectionLost", "open_socket"]
+__all__ = ["Session", "SessionOptions", "MqttError", "ConnectRefused", "ConnectFailed", "ConnectionLost",
+           "open_socket", "port_answers", "describe_socket_error"]
 
 
 class MqttError(Exception):
@@ -59,6 +61,32 @@ class ConnectRefused(MqttError):
 
 class ConnectionLost(MqttError):
     pass
+
+
+class ConnectFailed(MqttError):
+    """The broker's port did not answer (refused, unreachable, timed out): the broker is down or away."""
+
+
+def describe_socket_error(e: BaseException) -> str:
+    """What a socket error means for an MQTT connection, in words an operator can act on."""
+    if isinstance(e, ssl.SSLError):
+        reason = getattr(e, "reason", None) or str(e)
+        if isinstance(e, ssl.SSLZeroReturnError):
+            return "the broker closed the TLS connection"
+        if "ALERT" in str(reason).upper():
+            return f"TLS alert from the broker: {reason}"
+        return f"TLS error: {reason}"
+    if isinstance(e, ConnectionResetError):
+        return "connection reset by the broker (or a device in between)"
+    if isinstance(e, BrokenPipeError):
+        return "the broker closed the connection (broken pipe while sending)"
+    if isinstance(e, ConnectionAbortedError):
+        return "connection aborted by the local network stack"
+    if isinstance(e, TimeoutError) or getattr(e, "errno", None) == errno.ETIMEDOUT:
+        return "connection timed out (the broker or the network path stopped answering)"
+    if getattr(e, "errno", None) in (errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENETDOWN):
+        return f"network unreachable: {e.strerror}"
+    return f"connection lost: {getattr(e, 'strerror', None) or e}"
 
 
 class SessionOptions:
@@ -114,7 +142,7 @@ async def _tcp_connect(host: str, port: int) -> socket.socket:
             if not isinstance(e, OSError):
                 raise
             last = e
-    raise MqttError(f"cannot connect to {host}:{port}: {getattr(last, 'strerror', None) or last}")
+    raise ConnectFailed(f"cannot connect to {host}:{port}: {getattr(last, 'strerror', None) or last}")
 
 
 async def _tls_handshake(sock: socket.socket, ctx: ssl.SSLContext, server_hostname: str | None) -> ssl.SSLSocket:
@@ -155,13 +183,53 @@ async def open_socket(opts: SessionOptions) -> socket.socket:
             sock.close()
             raise
     assert cs.cancelled_caught
-    raise MqttError(f"connecting to {opts.host}:{opts.port} timed out after {opts.connect_timeout:g}s")
+    raise ConnectFailed(f"connecting to {opts.host}:{opts.port} timed out after {opts.connect_timeout:g}s")
+
+
+async def port_answers(host: str, port: int, timeout: float = 1.0) -> bool:
+    """True when a TCP connection to ``host:port`` can be made within ``timeout`` (it is closed at once)."""
+    with trio.move_on_after(timeout):
+        try:
+            sock = await _tcp_connect(host, port)
+        except (OSError, MqttError):
+            return False
+        sock.close()
+        return True
+    return False
 
 
 class _Client(paho.Client):
-    """paho Client that uses a socket we opened (non-blocking, in trio) instead of making one."""
+    """paho Client that uses a socket we opened (non-blocking, in trio) instead of making one.
+
+    It also remembers why the socket failed (``gwd_why``): paho turns every
+    socket error and an end of stream into the same "Unspecified error".
+    """
 
     _gwd_sock: Any = None
+    gwd_why: str | None = None
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        try:
+            data = super()._sock_recv(bufsize)
+        except BlockingIOError:
+            raise
+        except OSError as e:
+            if self.gwd_why is None:
+                self.gwd_why = describe_socket_error(e.__cause__ if isinstance(e.__cause__, OSError) else e)
+            raise
+        if not data and self.gwd_why is None:
+            self.gwd_why = "the broker closed the connection"
+        return data
+
+    def _sock_send(self, buf) -> int:
+        try:
+            return super()._sock_send(buf)
+        except BlockingIOError:
+            raise
+        except OSError as e:
+            if self.gwd_why is None:
+                self.gwd_why = describe_socket_error(e)
+            raise
 
     def _create_socket(self):  # noqa: D401 - paho hook
         sock, self._gwd_sock = self._gwd_sock, None
@@ -201,6 +269,8 @@ class Session:
         self._connack: tuple[bool, str] | None = None
         self._kick = trio.Event()
         self._drained: list[Callable[[], None]] = []
+        self._probes: dict[str, _Probe] = {}
+        self._unsub_waiters: dict[int, trio.Event] = {}
         #: published before a clean DISCONNECT when the session is cancelled (e.g. the retained "offline")
         self.farewell: tuple[str, bytes, int, bool] | None = None
 
@@ -212,17 +282,44 @@ class Session:
 
     def _cb_disconnect(self, client, userdata, flags, reason, properties) -> None:
         if self.error is None:
-            self.error = f"disconnected: {reason}" if str(reason) not in ("Success", "Normal disconnection") \
-                else "connection closed"
+            self.error = self._why_disconnected(client, flags, reason)
         self.lost.set()
+
+    def _why_disconnected(self, client, flags, reason) -> str:
+        text = str(reason)
+        if getattr(flags, "is_disconnect_packet_from_server", False):  # MQTT 5 DISCONNECT with a reason code
+            return f"the broker closed the connection: {text}"
+        if text == "Keep alive timeout":
+            return (f"keepalive timeout: no answer from the broker to the keepalive ping (keepalive "
+                    f"{self.opts.keepalive:g}s); the broker is frozen or the network path is lost")
+        why = getattr(client, "gwd_why", None)
+        if why:
+            return why
+        if text in ("Success", "Normal disconnection"):
+            return "connection closed"
+        return f"disconnected: {text}"
 
     def _cb_publish(self, client, userdata, mid, reason, properties) -> None:
         if self._on_publish is not None:
             self._on_publish(mid)
 
     def _cb_message(self, client, userdata, msg) -> None:
+        probe = self._probes.get(msg.topic)
+        if probe is not None:
+            if msg.retain:  # the answer to the probe subscription: not a command
+                probe.retained = msg.payload
+                return
+            # during a probe the topic matches two of our subscriptions: the broker may send it twice
+            if msg.payload in probe.seen:
+                return
+            probe.seen.add(msg.payload)
         if self._on_message is not None:
             self._on_message(msg)
+
+    def _cb_unsubscribe(self, client, userdata, mid, reasons, properties) -> None:
+        ev = self._unsub_waiters.pop(mid, None)
+        if ev is not None:
+            ev.set()
 
     # ------------------------------------------------------------------ public API (trio thread)
     def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False,
@@ -239,13 +336,57 @@ class Session:
             raise MqttError(f"publish to {topic!r} failed: {paho.error_string(info.rc)}")
         return info.mid
 
-    def subscribe(self, topics: list[tuple[str, int]]) -> None:
+    def subscribe(self, topics: list[tuple[str, int]], *, retain_as_published: bool = False) -> None:
+        """Subscribe to ``(filter, qos)`` pairs.
+
+        ``retain_as_published`` (MQTT 5 only) asks the broker to keep the
+        retain flag as the publisher set it on every message, so a retained
+        message published while we are subscribed can be told apart. MQTT
+        3.1.1 brokers clear the flag on such messages (see :meth:`retained_payload`).
+        """
         c = self.client
         if c is None or self.lost.is_set() or not topics:
             return
-        rc, _mid = c.subscribe(topics)
+        if self.opts.v5 and retain_as_published:
+            rc, _mid = c.subscribe([(t, SubscribeOptions(qos=q, retainAsPublished=True)) for t, q in topics])
+        else:
+            rc, _mid = c.subscribe(topics)
         if rc:
             self._set_lost(f"subscribe failed: {paho.error_string(rc)}")
+
+    async def retained_payload(self, topic: str, timeout: float = 5.0) -> bytes | None:
+        """The payload retained on the broker for ``topic`` (None: nothing retained).
+
+        Subscribes to the exact topic and unsubscribes at once: the broker
+        answers SUBACK, then the retained message (retain flag set, being a new
+        subscription), then UNSUBACK, in that order on the connection. So once
+        UNSUBACK is in, the retained message, if any, has arrived. Messages on
+        ``topic`` that come twice in that window (they match two of our
+        subscriptions) are passed on once. Raises :class:`ConnectionLost`
+        when the broker does not answer within ``timeout``.
+        """
+        c = self.client
+        if c is None or self.lost.is_set():
+            raise ConnectionLost(self.error or "not connected")
+        probe = _Probe()
+        self._probes[topic] = probe
+        try:
+            done = trio.Event()
+            rc, _ = c.subscribe(topic, 0)
+            if rc:
+                raise ConnectionLost(f"subscribe failed: {paho.error_string(rc)}")
+            rc, mid = c.unsubscribe(topic)
+            if rc:
+                raise ConnectionLost(f"unsubscribe failed: {paho.error_string(rc)}")
+            self._unsub_waiters[mid] = done
+            self.kick()
+            with trio.move_on_after(timeout):
+                await _first(done, self.lost)
+            if not done.is_set():
+                raise ConnectionLost(self.error or f"no UNSUBACK from the broker within {timeout:g}s")
+            return probe.retained
+        finally:
+            self._probes.pop(topic, None)
 
     def kick(self) -> None:
         """Tell the writer that paho may have queued bytes (call after publishing a burst)."""
@@ -285,6 +426,7 @@ class Session:
         c.on_connect = self._cb_connect
         c.on_disconnect = self._cb_disconnect
         c.on_message = self._cb_message
+        c.on_unsubscribe = self._cb_unsubscribe
         if self._on_publish is not None:
             c.on_publish = self._cb_publish
         c.on_socket_close = _notify_closing
@@ -406,7 +548,7 @@ class Session:
                 self._after_io()
                 await trio.lowlevel.checkpoint()
         except (trio.ClosedResourceError, OSError) as e:
-            self._set_lost(f"connection lost: {e}" if isinstance(e, OSError) else "connection closed")
+            self._set_lost(describe_socket_error(e) if isinstance(e, OSError) else "connection closed")
 
     async def _writer(self, sock: socket.socket) -> None:
         c = self.client
@@ -422,7 +564,7 @@ class Session:
                 if not self._check(rc, sock):
                     return
         except (trio.ClosedResourceError, OSError) as e:
-            self._set_lost(f"connection lost: {e}" if isinstance(e, OSError) else "connection closed")
+            self._set_lost(describe_socket_error(e) if isinstance(e, OSError) else "connection closed")
 
     def _after_io(self) -> None:
         c = self.client
@@ -450,6 +592,14 @@ class Session:
                                else _describe(rc))
                 return
             self.kick()
+
+
+class _Probe:
+    __slots__ = ("retained", "seen")
+
+    def __init__(self) -> None:
+        self.retained: bytes | None = None
+        self.seen: set[bytes] = set()
 
 
 def _describe(rc: int) -> str:
