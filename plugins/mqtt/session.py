@@ -228,8 +228,22 @@ class _Client(paho.Client):
             raise
         except OSError as e:
             if self.gwd_why is None:
-                self.gwd_why = describe_socket_error(e)
+                self.gwd_why = self._alert() or describe_socket_error(e)
             raise
+
+    def _alert(self) -> str | None:
+        """After a failed TLS send: a TLS alert the broker sent before closing (it waits in the read side)."""
+        sock = self._sock
+        if not isinstance(sock, ssl.SSLSocket):
+            return None
+        try:
+            sock.recv(4096)
+        except ssl.SSLError as e:
+            if "ALERT" in str(e.reason or e).upper():
+                return describe_socket_error(e)
+        except OSError:
+            pass
+        return None
 
     def _create_socket(self):  # noqa: D401 - paho hook
         sock, self._gwd_sock = self._gwd_sock, None
@@ -448,7 +462,7 @@ class Session:
                 kw["clean_start"] = o.clean
             rc = c.connect(o.host, o.port, int(o.keepalive), properties=props, **kw)
             if rc:
-                raise MqttError(f"sending CONNECT failed: {paho.error_string(rc)}")
+                raise MqttError(f"sending CONNECT failed: {c.gwd_why or paho.error_string(rc)}")
             failure: MqttError | None = None
             async with trio.open_nursery() as n:
                 n.start_soon(self._reader, sock)
