@@ -258,6 +258,7 @@ reconnect_max = "500ms"
 
 [connectors.same.topics]
 value = "other/{{device}}/{{point}}/value"
+gateway = "other/{{gateway}}/status"
 """
     async with run_gateway(tmp_path, text) as gw:
         for cid in ("up", "up2", "same"):
