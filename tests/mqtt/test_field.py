@@ -272,3 +272,23 @@ gateway = "other/{{gateway}}/status"
     check_complete_in_order(counters([m for m in m1b if m[0].startswith("other/")]), 5000)
     check_complete_in_order(counters(m2), 5000)
     assert all(t.startswith("two/") for t, *_ in m2 if t.endswith("/values"))
+
+
+async def test_mqtt311_retained_check_does_not_duplicate_commands(tmp_path, broker, subscriber_factory, plugin_path):
+    """With 3.1.1 each command is checked by a short extra subscription to its topic; commands arriving
+    meanwhile match two subscriptions (the broker sends them twice): each is still executed once."""
+    sub = subscriber_factory(broker.port, "gatewayd/test/+/+/set/result")
+    topic = "gatewayd/test/d0/setpoint/set"
+    async with run_gateway(tmp_path, site(broker.port, connector=CMD)) as gw:
+        n = await commands_live(gw, sub)
+        infos = [sub.client.publish(topic, json.dumps({"value": 100 + i, "id": f"c{i}"}), qos=1)
+                 for i in range(30)]
+        for info in infos:
+            await trio.to_thread.run_sync(info.wait_for_publish, 5)
+        got = await wait_results(sub, n + 30)
+        # everything answered; wait one more plain round trip so late duplicates would show
+        await publish(sub, topic, json.dumps({"value": 1, "id": "end"}))
+        await sub.wait_for(lambda ms: any(x.get("id") == "end" for x in results(sub)), 10)
+        ids = [x.get("id") for x in results(sub)[n:] if x.get("id", "").startswith("c")]
+        assert sorted(ids) == sorted(f"c{i}" for i in range(30)), ids
+        assert all(x["ok"] for x in results(sub)[n:]), got
