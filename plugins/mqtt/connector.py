@@ -408,6 +408,7 @@ class MqttConnector(Connector):
                     self._cmd_send, self._cmd_recv = trio.open_memory_channel(self.cmd["queue"])
                     n.start_soon(self._command_worker, session, self._cmd_recv)
                 self._bem_actuators = set()
+                self._bem_available = None  # once per connection: the broker may have lost its retained copy
                 session.subscribe([(f"{self.bem_name}/datapoint_map", 1)])
                 if self._bem_map is not None:
                     self._bem_apply_map(self._bem_map, session)

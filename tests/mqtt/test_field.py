@@ -131,6 +131,12 @@ async def test_bemcom_available_datapoints_only_when_the_set_changes(tmp_path, b
         msgs = await sub.wait_for(lambda ms: sum(1 for t, *_ in ms if t == avail) >= 2, 10)
         last = json.loads([p for t, p, _r, _q in msgs if t == avail][-1])
         assert "d0__p0003" in last["sensor"]
+        # a broker restart without persistence loses the retained copy: sent again after reconnecting
+        broker.stop()
+        broker.start()
+        sub2 = subscriber_factory(broker.port, "gw-conn/available_datapoints")
+        msgs = await sub2.wait_for(lambda ms: len(ms) >= 1, 15)
+        assert "d0__p0003" in json.loads(msgs[-1][1])["sensor"]
 
 
 # ---------------------------------------------------------------------------------------------- 12.16
