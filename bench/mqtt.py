@@ -51,6 +51,7 @@ class Counter:
     def __init__(self, port: int, latency: bool = False) -> None:
         self.n = 0
         self.latencies: list[float] = []
+        self.arrivals: list[tuple[int, float]] = []  # (value ts ms, arrival ms): bursts share one ts
         self.latency = latency
         self.lock = threading.Lock()
         self.c = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-{os.getpid()}-{id(self)}")
@@ -74,6 +75,7 @@ class Counter:
             d = json.loads(p)
             for v in d.get("values", [d]):
                 self.latencies.append(now * 1000 - v["ts"])
+                self.arrivals.append((v["ts"], now * 1000))
         with self.lock:
             self.n += k
 
@@ -162,20 +164,54 @@ def sustained(port: int, qos: int, batch: bool, seconds: float) -> tuple[float, 
     return rate, (w1 - w0) // max(1, n1 - n0)
 
 
+def ctx_switches(pid: int) -> tuple[int, int]:
+    """(voluntary, involuntary) context switches of a process: involuntary ones = it was runnable, not run."""
+    out = [0, 0]
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("voluntary_ctxt_switches:"):
+                out[0] = int(line.split()[1])
+            elif line.startswith("nonvoluntary_ctxt_switches:"):
+                out[1] = int(line.split()[1])
+    return out[0], out[1]
+
+
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(len(xs) * q))] if xs else float("nan")
+
+
 def latency(port: int, batch: bool, per_cycle: int = 100, interval: str = "100ms",
-            flush: str | None = None) -> tuple[float, float, int]:
+            flush: str = "1s", seconds: float = 8) -> tuple[float, float, int]:
+    """p50/p99 PointSink -> subscriber at 1,000 values/s; details (burst split, CPU, preemption) in latency.info."""
     tmp = tempfile.mkdtemp(prefix="bench-mqtt-")
-    kw = {"flush": flush} if flush else {}
-    text = site(port, qos=1, batch=batch, per_cycle=per_cycle, interval=interval, points=100, devices=1, **kw)
+    text = site(port, qos=1, batch=batch, per_cycle=per_cycle, interval=interval, points=100, devices=1,
+                flush=flush)
     counter = Counter(port, latency=True)
     d = run_gateway(tmp, text)
     try:
         time.sleep(1)
         counter.latencies.clear()
+        counter.arrivals.clear()
         w0 = write_io(d.proc.pid)
-        time.sleep(8)
+        g0, c0, t0 = cpu_of(d.proc.pid), ctx_switches(d.proc.pid), time.monotonic()
+        time.sleep(seconds)
+        t1 = time.monotonic()
         lat = sorted(counter.latencies)
+        arrivals = list(counter.arrivals)
+        c1 = ctx_switches(d.proc.pid)
         latency.bytes_per_value = (write_io(d.proc.pid) - w0) // max(1, len(lat))
+        # a burst = the values the driver reported in one cycle (same ts): the first of a burst measures
+        # the pipeline, the spread to its last measures queueing behind the burst's other messages
+        bursts: dict[int, list[float]] = {}
+        for ts, at in arrivals:
+            bursts.setdefault(ts, []).append(at - ts)
+        firsts = [min(v) for v in bursts.values()]
+        spreads = [max(v) - min(v) for v in bursts.values()]
+        latency.info = (f"first of burst p50 {pct(firsts, .5):.1f} / p99 {pct(firsts, .99):.1f} ms, "
+                        f"burst spread p50 {pct(spreads, .5):.1f} / p99 {pct(spreads, .99):.1f} ms; "
+                        f"gateway {(cpu_of(d.proc.pid) - g0) / (t1 - t0):.2f} CPU-s/s, "
+                        f"{(c1[1] - c0[1]) / (t1 - t0):.0f} preemptions/s; load {os.getloadavg()[0]:.2f}")
     finally:
         d.stop()
         d.__exit__(None, None, None)
@@ -228,36 +264,14 @@ def drain(broker: Broker, n: int, batch: bool, qos: int) -> tuple[float, float, 
     return got / (t1 - t0), t_fill, (w1 - w0) // max(1, got)
 
 
-def latency_sweep() -> None:
-    """Latency at 1,000 values/s under the same load, varying one thing at a time: how many
-    values a read cycle hands over at once (the burst), and the recorder's flush interval."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    tmp = tempfile.mkdtemp(prefix="bench-broker-")
-    broker = Broker(tmp, port=port).start()
-    try:
-        print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs; load {os.getloadavg()[0]:.2f} "
-              f"(1-min average before the run)")
-        print("latency PointSink -> subscriber, QoS 1, 1,000 values/s, per-point mode")
-        for per_cycle, interval, flush in ((100, "100ms", None), (10, "10ms", None), (1000, "1s", None),
-                                           (100, "100ms", "100ms"), (100, "100ms", "5s")):
-            p50, p99, n = latency(port, False, per_cycle, interval, flush)
-            print(f"   burst {per_cycle:5d} every {interval:>5}, flush {flush or '1s (default)':>13}: "
-                  f"p50 {p50:6.1f} ms   p99 {p99:6.1f} ms   ({n} values; load {os.getloadavg()[0]:.2f})")
-    finally:
-        broker.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="shorter windows, 200k backlog")
     ap.add_argument("--latency", action="store_true",
-                    help="only the latency part, with a sweep of what makes the tail (burst size, flush interval)")
+                    help="only the latency part, with the burst split and variants that show what makes the tail")
     a = ap.parse_args()
     if a.latency:
-        return latency_sweep()
+        return latency_study()
     secs = 5 if a.quick else 10
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -288,6 +302,30 @@ def main() -> None:
             print(f"   {'batch    ' if batch else 'per-point'}: {rate:10,.0f} values/s drained   "
                   f"(backlog filled in {fill:.1f}s; {bpv} bytes written/value while draining; "
                   f"CPU s/s: gateway {drain.cpu[0]:.2f}, subscriber {drain.cpu[1]:.2f})")
+    finally:
+        broker.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def latency_study() -> None:
+    """Section 2 in detail: which part of the p99 is the pipeline, which is queueing behind a burst."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    tmp = tempfile.mkdtemp(prefix="bench-broker-")
+    broker = Broker(tmp, port=port).start()
+    try:
+        print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs; load {os.getloadavg()[0]:.2f} "
+              f"(1-min average before the run)")
+        variants = [
+            ("per-point, 100 values every 100 ms (README conditions)", False, 100, "100ms", "1s"),
+            ("per-point, 10 values every 10 ms (same rate, no bursts)", False, 10, "10ms", "1s"),
+            ("per-point, 100 values every 100 ms, flush 10 s (few commits)", False, 100, "100ms", "10s"),
+            ("batch, 100 values every 100 ms", True, 100, "100ms", "1s"),
+        ]
+        for name, batch, per_cycle, interval, flush in variants:
+            p50, p99, n = latency(port, batch, per_cycle, interval, flush)
+            print(f"{name}:\n   p50 {p50:6.1f} ms   p99 {p99:6.1f} ms   ({n} values)\n   {latency.info}")
     finally:
         broker.stop()
         shutil.rmtree(tmp, ignore_errors=True)

@@ -32,12 +32,15 @@ import trio
 from gatewayd.plugin import (Bool, Connector, Duration, Enum, Int, Key, List, PointError, Schema, SecretStr, Str,
                              Table, WriteError)
 
-from .session import ConnectionLost, MqttError, Session, SessionOptions, Unreachable
+from .session import ConnectFailed, ConnectionLost, MqttError, Session, SessionOptions, port_answers
 from .topics import Filters, Template, check_template, dumps, rfc3339, value_body
 
 __all__ = ["MqttConnector", "SETTINGS_SCHEMA"]
 
 EVENT_DEFAULT = ["value", "status", "device_*", "alarm*"]
+
+#: while the broker's port does not answer, it is tried this often (a TCP connect) during the backoff delay
+PORT_PROBE_INTERVAL = 1.0
 
 _loads = json.JSONDecoder().decode
 
@@ -95,7 +98,7 @@ def _sub_defaults(schema: Schema) -> dict:
 SETTINGS_SCHEMA = Schema({
     "host": Key(Str(), "127.0.0.1", "broker host name or address"),
     "port": Key(Int(min=1, max=65535), None, "default 1883, or 8883 with tls"),
-    "protocol": Key(Enum("3.1.1", "5"), "5", "MQTT protocol version (\"3.1.1\" for brokers without MQTT 5)"),
+    "protocol": Key(Enum("3.1.1", "5"), "3.1.1", "MQTT protocol version"),
     "client_id": Key(Str(check=lambda v: check_template(v, allowed=("gateway", "connector"))),
                      "gatewayd-{gateway}-{connector}", "client identifier; {gateway} and {connector} are filled in"),
     "username": Key(SecretStr(nonempty=False), None, "user name (plain or { env = ... } / { file = ... })"),
@@ -124,10 +127,8 @@ SETTINGS_SCHEMA = Schema({
     "read_batch": Key(Int(min=1, max=100_000), 2000, "outbox entries read per chunk, at most"),
     "ack_interval": Key(Duration(min=0, max=60), 0.2, "how often the delivered position is persisted"),
     "reconnect_min": Key(Duration(min=0.05), 1.0, "first reconnect delay"),
-    "reconnect_max": Key(Duration(min=0.05), 15.0, "reconnect delay cap (doubling with jitter)"),
-    "reconnect_probe": Key(Duration(min=0), 1.0, "while waiting to reconnect after a lost or refused TCP "
-                           "connection, try a plain TCP connect this often and reconnect as soon as the "
-                           "port answers (0: off)"),
+    "reconnect_max": Key(Duration(min=0.05), 10.0, "reconnect delay cap (doubling with jitter); while the "
+                         "broker's port does not answer it is probed every second and reconnected at once"),
 })
 
 
@@ -146,6 +147,15 @@ def _leaf(e: BaseException) -> BaseException:
     while isinstance(e, BaseExceptionGroup):
         e = e.exceptions[0]
     return e
+
+
+def _request_id(payload: bytes) -> dict:
+    """``{"id": ...}`` of a command payload when it has one (best effort, for refusals before parsing)."""
+    try:
+        req = json.loads(payload.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        return {}
+    return {"id": req["id"]} if isinstance(req, dict) and "id" in req else {}
 
 
 def _bemcom_key(point_id: str) -> str:
@@ -190,7 +200,7 @@ class MqttConnector(Connector):
                 yield ("tls", "key"), "tls.key needs tls.cert"
         if s.get("password") is not None and s.get("username") is None:
             yield ("password",), "password needs username"
-        if s.get("reconnect_max", 60) < s.get("reconnect_min", 1):
+        if s.get("reconnect_max", 10) < s.get("reconnect_min", 1):
             yield ("reconnect_max",), "reconnect_max must be >= reconnect_min"
         if (s.get("bemcom") or {}).get("enabled") and s.get("batch"):
             yield ("batch",), "batch mode does not apply to the BEMCom contract (one topic per datapoint)"
@@ -222,6 +232,8 @@ class MqttConnector(Connector):
         self._inflight = 0
         self._room = trio.Event()
         self._ack_wake = trio.Event()
+        self._progress = trio.Event()  # set whenever _done advances (drain waits on it)
+        self._draining = False
         self._vtopics: dict[str, str] = {}
         self._vinfo: dict[str, tuple] = {}  # point -> (accepted, device, driver, unit): the value fast path
         self._session: Session | None = None
@@ -231,17 +243,13 @@ class MqttConnector(Connector):
         self._bem_map: dict | None = None
         self._bem_map_event = trio.Event()
         self._bem_actuators: set[str] = set()
-        self._bem_available: tuple | None = None  # the datapoint set last published on this connection
+        self._bem_available: tuple | None = None  # the set of datapoints last published
         self._bem_log: _LogForward | None = None
         # status
         self.state = "starting"
         self.last_error: str | None = None
         self.connected_since: float | None = None
         self.reconnects = 0
-        self._draining = False
-        self._progress = trio.Event()  # set whenever the delivered position advances
-        #: set once the broker acknowledged this connection's command subscription
-        self.commands_subscribed = trio.Event()
         self.published = 0
         self.filtered = 0
         self.commands_ok = 0
@@ -296,10 +304,6 @@ class MqttConnector(Connector):
 
     # ------------------------------------------------------------------ main
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        if self.cmd["enabled"] and self.s["protocol"] != "5":
-            self.log.warning("commands over MQTT 3.1.1: a retained command published while the gateway is connected "
-                             "cannot be told from a live one (brokers clear the flag) and would run; use "
-                             "protocol = \"5\" where the broker supports it")
         self.cursor = self.ctx.cursor
         self._done = self._acked = self.cursor.position()
         if self.bem["enabled"]:
@@ -322,29 +326,6 @@ class MqttConnector(Connector):
                 await self._persist()
             self.state = "stopped"
 
-    async def drain(self) -> None:
-        """At a stop: deliver what the outbox holds up to its head, then return.
-
-        Commands arriving meanwhile are answered "stopping" and not executed. When the
-        broker is not connected there is nothing to gain by waiting: the entries stay in
-        the outbox for the next start (nothing is lost), and this returns at once.
-        """
-        self._draining = True
-        if self.cursor is None:
-            return
-        head = self.cursor.outbox.head
-        if self._done >= head:
-            return
-        if self.state != "connected":
-            self.log.info("stopping while the broker is not connected: %d outbox entries wait for the next start",
-                          head - self._done)
-            return
-        self.log.info("stopping: delivering the last %d outbox entries first", head - self._done)
-        while self._done < head and self.state == "connected":
-            self._progress = trio.Event()
-            await self._progress.wait()
-        await self._persist()
-
     async def _connection_loop(self) -> None:
         s = self.s
         delay = s["reconnect_min"]
@@ -352,7 +333,7 @@ class MqttConnector(Connector):
         while True:
             self.state = "connecting"
             error: str | None = None
-            probe_ok = True
+            port_down = False
             try:
                 session = Session(self._session_options(), on_message=self._on_message,
                                   on_publish=self._on_publish if self.qos else None, log=self.log)
@@ -381,8 +362,7 @@ class MqttConnector(Connector):
             except* MqttError as eg:
                 leaf = _leaf(eg)
                 error = str(leaf)
-                # probe only while nothing answers; a broker that answers and refuses (auth, TLS) just backs off
-                probe_ok = isinstance(leaf, Unreachable)
+                port_down = isinstance(leaf, ConnectFailed)
             finally:
                 self._session = None
                 self._conn_nursery = None
@@ -392,51 +372,43 @@ class MqttConnector(Connector):
             self.last_error = error
             self.state = "backoff"
             lvl = logging.WARNING if failures <= 1 or failures % 30 == 0 else logging.DEBUG
-            self.log.log(lvl, "%s; retrying in %.1fs", error, delay)
-            wait = delay * random.uniform(0.8, 1.2)
-            if probe_ok and s["reconnect_probe"] > 0 and wait > s["reconnect_probe"]:
-                with trio.move_on_after(wait):
-                    await self._port_answers(s["reconnect_probe"])
-                    self.log.info("%s:%d answers again; reconnecting now", s["host"], self.port)
-            else:
-                await trio.sleep(wait)
+            self.log.log(lvl, "%s; retrying in %.1fs%s", error, delay,
+                         " or as soon as the port answers" if port_down and delay > PORT_PROBE_INTERVAL else "")
+            await self._backoff(delay * random.uniform(0.8, 1.2), port_down)
             delay = min(delay * 2, s["reconnect_max"])
 
-    async def _port_answers(self, every: float) -> None:
-        """Return once a plain TCP connect to the broker succeeds (tried every ``every`` seconds).
+    async def _backoff(self, delay: float, probe: bool) -> None:
+        """Sleep ``delay``; when the port did not answer, end early once a TCP connect to it succeeds.
 
-        A cheap SYN/ACK probe: the full MQTT reconnect (TLS, CONNECT, session) waits for
-        the backoff only while nothing listens; a broker that comes back is used within
-        about ``every`` seconds, not at the end of a minute of backoff.
+        A broker that is down costs one TCP connect attempt per second; a broker
+        that answers but refuses (credentials, TLS) waits the full doubling delay.
         """
-        while True:
-            await trio.sleep(every)
-            try:
-                with trio.move_on_after(max(every, 1.0)):
-                    stream = await trio.open_tcp_stream(self.s["host"], self.port)
-                    await stream.aclose()
+        with trio.move_on_after(delay):
+            if not probe or delay <= PORT_PROBE_INTERVAL:
+                await trio.sleep_forever()
+            while True:
+                await trio.sleep(PORT_PROBE_INTERVAL)
+                if await port_answers(self.s["host"], self.port, timeout=PORT_PROBE_INTERVAL):
+                    self.log.debug("%s:%d answers again: reconnecting now", self.s["host"], self.port)
                     return
-            except OSError:
-                pass
 
     async def _connected(self, session: Session) -> None:
         """Everything that lives as long as one connection."""
         s = self.s
-        self.commands_subscribed = trio.Event()
         if s["lwt"]:
             session.publish(self.t["gateway"].render(), self._status_payload("online"), 1, True)
         async with trio.open_nursery() as n:
             if self.cmd["enabled"] and not self.bem["enabled"]:
                 self._cmd_send, self._cmd_recv = trio.open_memory_channel(self.cmd["queue"])
                 session.subscribe([(self.cmd_topic.subscription(("device", "point")), self.cmd["qos"])],
-                                  retain_as_published=True, on_done=self._commands_suback)
+                                  retain_as_published=True)
                 n.start_soon(self._command_worker, session, self._cmd_recv)
             if self.bem["enabled"]:
                 if self.cmd["enabled"]:
                     self._cmd_send, self._cmd_recv = trio.open_memory_channel(self.cmd["queue"])
                     n.start_soon(self._command_worker, session, self._cmd_recv)
                 self._bem_actuators = set()
-                self._bem_available = None  # once per connection (a broker without persistence lost it)
+                self._bem_available = None  # once per connection: the broker may have lost its retained copy
                 session.subscribe([(f"{self.bem_name}/datapoint_map", 1)])
                 if self._bem_map is not None:
                     self._bem_apply_map(self._bem_map, session)
@@ -449,22 +421,12 @@ class MqttConnector(Connector):
             session.kick()
             await self._publisher(session)
 
-    def _commands_suback(self, reasons: list) -> None:
-        """SUBACK of the command subscription: say so when the broker refused it."""
-        bad = [str(r) for r in reasons if getattr(r, "is_failure", False) or (isinstance(r, int) and r >= 0x80)]
-        if bad:
-            self.log.error("the broker refused the command subscription (%s): commands will not arrive; "
-                           "check the broker's ACL for this client", ", ".join(bad))
-        else:
-            self.commands_subscribed.set()
-
     # ------------------------------------------------------------------ delivery
     def _reset_inflight(self) -> None:
         self._chunks.clear()
         self._mids.clear()
         self._inflight = 0
         self._room.set()
-        self._progress.set()  # wakes a drain() waiting on a connection that is gone
 
     def _on_publish(self, mid: int) -> None:
         chunk = self._mids.pop(mid, None)
@@ -530,6 +492,25 @@ class MqttConnector(Connector):
                 self._complete(chunk)
             session.kick()
             await trio.lowlevel.checkpoint()
+
+    async def drain(self) -> None:
+        """Shutdown grace: deliver the outbox up to its head, persist the position, return.
+
+        From the first call on, commands are answered "stopping" and not
+        executed. Publishing goes on in the connection's own tasks (and
+        reconnects, if the broker is away); this only waits until everything
+        up to the head is acknowledged, or until it is cancelled.
+        """
+        self._draining = True
+        cursor = self.cursor
+        if cursor is None:
+            return
+        while self._done < cursor.outbox.head:
+            self._progress = trio.Event()
+            if self._done >= cursor.outbox.head:
+                break
+            await self._progress.wait()
+        await self._persist()
 
     async def _ack_loop(self) -> None:
         interval = self.s["ack_interval"]
@@ -671,7 +652,7 @@ class MqttConnector(Connector):
                 self._bem_datapoint_map(msg.payload, session)
                 return
             key = (self._bem_map or {}).get("actuator", {}).get(topic)
-            if key is None:
+            if key is None or not msg.payload:
                 return
             if not self.cmd["enabled"] or self._cmd_send is None:
                 self.log.warning("BEMCom actuator message on %s ignored: commands are disabled", topic)
@@ -682,7 +663,7 @@ class MqttConnector(Connector):
         m = self.cmd_topic.match(topic, ("device", "point"))
         if m is None or self._cmd_send is None:
             return
-        if not msg.payload:  # clearing a retained command: nothing to do, nothing to answer
+        if not msg.payload:  # clearing a retained command (or an empty message): nothing to do, nothing to say
             return
         props = getattr(msg, "properties", None)
         reply = None
@@ -693,7 +674,8 @@ class MqttConnector(Connector):
     def _enqueue(self, item) -> None:
         if self._draining:
             self.commands_rejected += 1
-            self._respond(self._session, item, {"ok": False, "error": "the gateway is stopping; command not executed"})
+            self._respond(self._session, item, {"point": item[2], **_request_id(item[3]), "ok": False,
+                                                "error": "gateway is stopping: command not executed"})
             return
         try:
             self._cmd_send.send_nowait(item)
@@ -727,7 +709,11 @@ class MqttConnector(Connector):
     async def _command_worker(self, session: Session, recv) -> None:
         async with recv:
             async for item in recv:
-                body = await self._execute(item)
+                if self._draining:
+                    body = {"point": item[2], **_request_id(item[3]), "ok": False,
+                            "error": "gateway is stopping: command not executed"}
+                else:
+                    body = await self._execute(item, session)
                 if body.get("ok"):
                     self.commands_ok += 1
                 else:
@@ -735,16 +721,24 @@ class MqttConnector(Connector):
                     self.log.warning("command on %s rejected: %s", item[1], body.get("error"))
                 self._respond(session, item, body)
 
-    async def _execute(self, item) -> dict:
+    async def _execute(self, item, session: Session | None = None) -> dict:
         kind, topic, pid, payload, _reply, retained = item
-        base: dict[str, Any] = {"point": pid}
+        base: dict[str, Any] = {"point": pid, **_request_id(payload)}
+        if not retained and session is not None and not session.opts.v5:
+            # MQTT 3.1.1 brokers clear the retain flag of a message published while we are subscribed:
+            # ask the broker whether this very payload is retained on the topic.
+            try:
+                retained = await session.retained_payload(topic, timeout=self.s["connect_timeout"]) == payload
+            except MqttError as e:
+                return {**base, "ok": False, "error": f"not executed: could not check that the command is not "
+                                                      f"retained ({e})"}
         if retained:
             return {**base, "ok": False, "error": "retained commands are ignored (publish commands with retain=false)"}
         try:
-            text = payload.decode("utf-8-sig") if isinstance(payload, (bytes, bytearray)) else payload
+            text = payload.decode("utf-8")
         except UnicodeDecodeError as e:
-            return {**base, "ok": False, "error": f"payload is not UTF-8 JSON (byte 0x{payload[e.start]:02x} at "
-                                                   f"offset {e.start} is not UTF-8)"}
+            return {**base, "ok": False, "error": f"payload is not UTF-8 JSON: byte 0x{payload[e.start]:02x} at "
+                                                   f"position {e.start} is not UTF-8"}
         try:
             req = json.loads(text)
         except ValueError as e:
@@ -752,8 +746,6 @@ class MqttConnector(Connector):
         if not isinstance(req, dict) or "value" not in req:
             return {**base, "ok": False, "error": "payload must be a JSON object with \"value\" "
                                                    "(and optionally \"priority\" 1..16, \"id\")"}
-        if "id" in req:
-            base["id"] = req["id"]
         value = req["value"]
         if kind == "bemcom" and isinstance(value, str):
             try:  # BEMCom sends values as strings
@@ -797,8 +789,6 @@ class MqttConnector(Connector):
         return "" if v is None else (json.dumps(v) if not isinstance(v, str) else v)
 
     def _bem_available_payload(self) -> tuple[tuple, bytes]:
-        """(the set of datapoints, the message): the message goes out when the set changes,
-        not when an example value does (BEMCom's message format)."""
         sensor: dict[str, Any] = {}
         actuator: dict[str, Any] = {}
         for pid, p in sorted(self._bem_points().items()):
@@ -852,10 +842,11 @@ class MqttConnector(Connector):
     async def _bem_heartbeat(self, session: Session) -> None:
         interval = self.bem["heartbeat_interval"]
         while True:
-            key, avail = self._bem_available_payload()
-            if key != self._bem_available:
+            # published when the SET of datapoints changes (BEMCom's contract), not when example values do
+            keys, avail = self._bem_available_payload()
+            if keys != self._bem_available:
                 session.publish(f"{self.bem_name}/available_datapoints", avail, 1, True)
-                self._bem_available = key
+                self._bem_available = keys
             now = int(time.time() * 1000)
             session.publish(f"{self.bem_name}/heartbeat",
                             dumps({"this_heartbeats_timestamp": now,

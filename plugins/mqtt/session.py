@@ -31,7 +31,6 @@ update plain state and set ``trio.Event``s.
 from __future__ import annotations
 
 import errno
-import os
 import logging
 import socket
 import ssl
@@ -42,16 +41,14 @@ from paho.mqtt import client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
-__all__ = ["Session", "SessionOptions", "MqttError", "ConnectRefused", "ConnectionLost", "Unreachable", "open_socket"]
+__all__ = ["Session", "SessionOptions", "MqttError", "ConnectRefused", "ConnectFailed", "ConnectionLost",
+           "open_socket", "port_answers", "describe_socket_error"]
 
 
 class MqttError(Exception):
     """A connection could not be made or was lost; the message is shown in ``connectors.status``."""
-
-
-class Unreachable(MqttError):
-    """No TCP connection to the broker could be made (refused, timed out, no route)."""
 
 
 class ConnectRefused(MqttError):
@@ -64,6 +61,32 @@ class ConnectRefused(MqttError):
 
 class ConnectionLost(MqttError):
     pass
+
+
+class ConnectFailed(MqttError):
+    """The broker's port did not answer (refused, unreachable, timed out): the broker is down or away."""
+
+
+def describe_socket_error(e: BaseException) -> str:
+    """What a socket error means for an MQTT connection, in words an operator can act on."""
+    if isinstance(e, ssl.SSLError):
+        reason = getattr(e, "reason", None) or str(e)
+        if isinstance(e, ssl.SSLZeroReturnError):
+            return "the broker closed the TLS connection"
+        if "ALERT" in str(reason).upper():
+            return f"TLS alert from the broker: {reason}"
+        return f"TLS error: {reason}"
+    if isinstance(e, ConnectionResetError):
+        return "connection reset by the broker (or a device in between)"
+    if isinstance(e, BrokenPipeError):
+        return "the broker closed the connection (broken pipe while sending)"
+    if isinstance(e, ConnectionAbortedError):
+        return "connection aborted by the local network stack"
+    if isinstance(e, TimeoutError) or getattr(e, "errno", None) == errno.ETIMEDOUT:
+        return "connection timed out (the broker or the network path stopped answering)"
+    if getattr(e, "errno", None) in (errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENETDOWN):
+        return f"network unreachable: {e.strerror}"
+    return f"connection lost: {getattr(e, 'strerror', None) or e}"
 
 
 class SessionOptions:
@@ -119,7 +142,7 @@ async def _tcp_connect(host: str, port: int) -> socket.socket:
             if not isinstance(e, OSError):
                 raise
             last = e
-    raise Unreachable(f"cannot connect to {host}:{port}: {getattr(last, 'strerror', None) or last}")
+    raise ConnectFailed(f"cannot connect to {host}:{port}: {getattr(last, 'strerror', None) or last}")
 
 
 async def _tls_handshake(sock: socket.socket, ctx: ssl.SSLContext, server_hostname: str | None) -> ssl.SSLSocket:
@@ -160,44 +183,30 @@ async def open_socket(opts: SessionOptions) -> socket.socket:
             sock.close()
             raise
     assert cs.cancelled_caught
-    raise Unreachable(f"connecting to {opts.host}:{opts.port} timed out after {opts.connect_timeout:g}s")
+    raise ConnectFailed(f"connecting to {opts.host}:{opts.port} timed out after {opts.connect_timeout:g}s")
 
 
-def why_lost(e: BaseException | None) -> str:
-    """What a socket error means for an operator (paho reports every one as "connection lost")."""
-    if e is None:
-        return "the broker closed the connection"
-    if isinstance(e, ssl.SSLError):
-        reason = (e.reason or "").lower().replace("_", " ")
-        if "alert" in reason:
-            return f"the broker ended TLS with an alert ({reason})"
-        return f"TLS error: {e.reason or e}"
-    if isinstance(e, ConnectionResetError):
-        return "connection reset (the broker process died or a firewall/NAT dropped the connection)"
-    if isinstance(e, BrokenPipeError):
-        return "the broker closed the connection while we were sending"
-    if isinstance(e, TimeoutError):
-        return "the network stopped answering (TCP timeout)"
-    if isinstance(e, OSError) and e.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
-        return f"no route to the broker ({os.strerror(e.errno)})"
-    return f"connection lost: {e}"
+async def port_answers(host: str, port: int, timeout: float = 1.0) -> bool:
+    """True when a TCP connection to ``host:port`` can be made within ``timeout`` (it is closed at once)."""
+    with trio.move_on_after(timeout):
+        try:
+            sock = await _tcp_connect(host, port)
+        except (OSError, MqttError):
+            return False
+        sock.close()
+        return True
+    return False
 
 
 class _Client(paho.Client):
     """paho Client that uses a socket we opened (non-blocking, in trio) instead of making one.
 
-    It also remembers why the socket failed (``gwd_why``): paho folds every socket error
-    into "connection lost" / "Unspecified error".
+    It also remembers why the socket failed (``gwd_why``): paho turns every
+    socket error and an end of stream into the same "Unspecified error".
     """
 
     _gwd_sock: Any = None
     gwd_why: str | None = None
-
-    def _create_socket(self):  # noqa: D401 - paho hook
-        sock, self._gwd_sock = self._gwd_sock, None
-        if sock is None:
-            raise MqttError("no socket prepared (paho tried to reconnect by itself)")
-        return sock
 
     def _sock_recv(self, bufsize: int) -> bytes:
         try:
@@ -206,10 +215,10 @@ class _Client(paho.Client):
             raise
         except OSError as e:
             if self.gwd_why is None:
-                self.gwd_why = why_lost(e)
+                self.gwd_why = describe_socket_error(e.__cause__ if isinstance(e.__cause__, OSError) else e)
             raise
         if not data and self.gwd_why is None:
-            self.gwd_why = why_lost(None)
+            self.gwd_why = "the broker closed the connection"
         return data
 
     def _sock_send(self, buf) -> int:
@@ -219,8 +228,28 @@ class _Client(paho.Client):
             raise
         except OSError as e:
             if self.gwd_why is None:
-                self.gwd_why = why_lost(e)
+                self.gwd_why = self._alert() or describe_socket_error(e)
             raise
+
+    def _alert(self) -> str | None:
+        """After a failed TLS send: a TLS alert the broker sent before closing (it waits in the read side)."""
+        sock = self._sock
+        if not isinstance(sock, ssl.SSLSocket):
+            return None
+        try:
+            sock.recv(4096)
+        except ssl.SSLError as e:
+            if "ALERT" in str(e.reason or e).upper():
+                return describe_socket_error(e)
+        except OSError:
+            pass
+        return None
+
+    def _create_socket(self):  # noqa: D401 - paho hook
+        sock, self._gwd_sock = self._gwd_sock, None
+        if sock is None:
+            raise MqttError("no socket prepared (paho tried to reconnect by itself)")
+        return sock
 
 
 def _notify_closing(client, userdata, sock) -> None:
@@ -254,7 +283,8 @@ class Session:
         self._connack: tuple[bool, str] | None = None
         self._kick = trio.Event()
         self._drained: list[Callable[[], None]] = []
-        self._subacks: dict[int, Callable[[list], None]] = {}
+        self._probes: dict[str, _Probe] = {}
+        self._unsub_waiters: dict[int, trio.Event] = {}
         #: published before a clean DISCONNECT when the session is cancelled (e.g. the retained "offline")
         self.farewell: tuple[str, bytes, int, bool] | None = None
 
@@ -266,19 +296,19 @@ class Session:
 
     def _cb_disconnect(self, client, userdata, flags, reason, properties) -> None:
         if self.error is None:
-            self.error = self._disconnect_reason(client, flags, reason)
+            self.error = self._why_disconnected(client, flags, reason)
         self.lost.set()
 
-    def _disconnect_reason(self, client, flags, reason) -> str:
+    def _why_disconnected(self, client, flags, reason) -> str:
         text = str(reason)
-        if getattr(flags, "is_disconnect_packet_from_server", False):
-            return f"the broker closed the connection: {text}"  # MQTT 5 DISCONNECT with a reason code
+        if getattr(flags, "is_disconnect_packet_from_server", False):  # MQTT 5 DISCONNECT with a reason code
+            return f"the broker closed the connection: {text}"
+        if text == "Keep alive timeout":
+            return (f"keepalive timeout: no answer from the broker to the keepalive ping (keepalive "
+                    f"{self.opts.keepalive:g}s); the broker is frozen or the network path is lost")
         why = getattr(client, "gwd_why", None)
         if why:
             return why
-        if "keep alive" in text.lower() or "keepalive" in text.lower():
-            return f"no answer from the broker to a keepalive ping within {self.opts.keepalive:g}s " \
-                   "(broker stopped or hung, or the network path is lost)"
         if text in ("Success", "Normal disconnection"):
             return "connection closed"
         return f"disconnected: {text}"
@@ -287,14 +317,23 @@ class Session:
         if self._on_publish is not None:
             self._on_publish(mid)
 
-    def _cb_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
-        fn = self._subacks.pop(mid, None)
-        if fn is not None:
-            fn(list(reason_codes))
-
     def _cb_message(self, client, userdata, msg) -> None:
+        probe = self._probes.get(msg.topic)
+        if probe is not None:
+            if msg.retain:  # the answer to the probe subscription: not a command
+                probe.retained = msg.payload
+                return
+            # during a probe the topic matches two of our subscriptions: the broker may send it twice
+            if msg.payload in probe.seen:
+                return
+            probe.seen.add(msg.payload)
         if self._on_message is not None:
             self._on_message(msg)
+
+    def _cb_unsubscribe(self, client, userdata, mid, reasons, properties) -> None:
+        ev = self._unsub_waiters.pop(mid, None)
+        if ev is not None:
+            ev.set()
 
     # ------------------------------------------------------------------ public API (trio thread)
     def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False,
@@ -311,26 +350,57 @@ class Session:
             raise MqttError(f"publish to {topic!r} failed: {paho.error_string(info.rc)}")
         return info.mid
 
-    def subscribe(self, topics: list[tuple[str, int]], *, retain_as_published: bool = False,
-                  on_done: Callable[[list], None] | None = None) -> None:
-        """SUBSCRIBE to ``(filter, qos)`` pairs; ``on_done(reason codes)`` runs when the SUBACK arrives.
+    def subscribe(self, topics: list[tuple[str, int]], *, retain_as_published: bool = False) -> None:
+        """Subscribe to ``(filter, qos)`` pairs.
 
-        ``retain_as_published`` (MQTT 5 only) asks the broker to keep the RETAIN flag of live
-        messages as the publisher set it; otherwise brokers clear it for existing subscriptions
-        (MQTT 3.1.1 §3.3.1.3), so a retained command published while connected looks live.
+        ``retain_as_published`` (MQTT 5 only) asks the broker to keep the
+        retain flag as the publisher set it on every message, so a retained
+        message published while we are subscribed can be told apart. MQTT
+        3.1.1 brokers clear the flag on such messages (see :meth:`retained_payload`).
         """
         c = self.client
         if c is None or self.lost.is_set() or not topics:
             return
-        if self.opts.v5:
-            from paho.mqtt.subscribeoptions import SubscribeOptions
-
-            topics = [(t, SubscribeOptions(qos=q, retainAsPublished=retain_as_published)) for t, q in topics]
-        rc, mid = c.subscribe(topics)
+        if self.opts.v5 and retain_as_published:
+            rc, _mid = c.subscribe([(t, SubscribeOptions(qos=q, retainAsPublished=True)) for t, q in topics])
+        else:
+            rc, _mid = c.subscribe(topics)
         if rc:
             self._set_lost(f"subscribe failed: {paho.error_string(rc)}")
-        elif on_done is not None:
-            self._subacks[mid] = on_done
+
+    async def retained_payload(self, topic: str, timeout: float = 5.0) -> bytes | None:
+        """The payload retained on the broker for ``topic`` (None: nothing retained).
+
+        Subscribes to the exact topic and unsubscribes at once: the broker
+        answers SUBACK, then the retained message (retain flag set, being a new
+        subscription), then UNSUBACK, in that order on the connection. So once
+        UNSUBACK is in, the retained message, if any, has arrived. Messages on
+        ``topic`` that come twice in that window (they match two of our
+        subscriptions) are passed on once. Raises :class:`ConnectionLost`
+        when the broker does not answer within ``timeout``.
+        """
+        c = self.client
+        if c is None or self.lost.is_set():
+            raise ConnectionLost(self.error or "not connected")
+        probe = _Probe()
+        self._probes[topic] = probe
+        try:
+            done = trio.Event()
+            rc, _ = c.subscribe(topic, 0)
+            if rc:
+                raise ConnectionLost(f"subscribe failed: {paho.error_string(rc)}")
+            rc, mid = c.unsubscribe(topic)
+            if rc:
+                raise ConnectionLost(f"unsubscribe failed: {paho.error_string(rc)}")
+            self._unsub_waiters[mid] = done
+            self.kick()
+            with trio.move_on_after(timeout):
+                await _first(done, self.lost)
+            if not done.is_set():
+                raise ConnectionLost(self.error or f"no UNSUBACK from the broker within {timeout:g}s")
+            return probe.retained
+        finally:
+            self._probes.pop(topic, None)
 
     def kick(self) -> None:
         """Tell the writer that paho may have queued bytes (call after publishing a burst)."""
@@ -370,7 +440,7 @@ class Session:
         c.on_connect = self._cb_connect
         c.on_disconnect = self._cb_disconnect
         c.on_message = self._cb_message
-        c.on_subscribe = self._cb_subscribe
+        c.on_unsubscribe = self._cb_unsubscribe
         if self._on_publish is not None:
             c.on_publish = self._cb_publish
         c.on_socket_close = _notify_closing
@@ -392,7 +462,7 @@ class Session:
                 kw["clean_start"] = o.clean
             rc = c.connect(o.host, o.port, int(o.keepalive), properties=props, **kw)
             if rc:
-                raise MqttError(f"sending CONNECT failed: {paho.error_string(rc)}")
+                raise MqttError(f"sending CONNECT failed: {c.gwd_why or paho.error_string(rc)}")
             failure: MqttError | None = None
             async with trio.open_nursery() as n:
                 n.start_soon(self._reader, sock)
@@ -470,7 +540,7 @@ class Session:
         c = self.client
         if rc or c is None or c.socket() is not sock:
             if rc and rc not in (paho.MQTT_ERR_SUCCESS,):
-                self._set_lost(getattr(c, "gwd_why", None) or _describe(rc))
+                self._set_lost(_describe(rc))
             else:
                 self._set_lost("connection closed")
             return False
@@ -492,7 +562,7 @@ class Session:
                 self._after_io()
                 await trio.lowlevel.checkpoint()
         except (trio.ClosedResourceError, OSError) as e:
-            self._set_lost(f"connection lost: {e}" if isinstance(e, OSError) else "connection closed")
+            self._set_lost(describe_socket_error(e) if isinstance(e, OSError) else "connection closed")
 
     async def _writer(self, sock: socket.socket) -> None:
         c = self.client
@@ -508,7 +578,7 @@ class Session:
                 if not self._check(rc, sock):
                     return
         except (trio.ClosedResourceError, OSError) as e:
-            self._set_lost(f"connection lost: {e}" if isinstance(e, OSError) else "connection closed")
+            self._set_lost(describe_socket_error(e) if isinstance(e, OSError) else "connection closed")
 
     def _after_io(self) -> None:
         c = self.client
@@ -536,6 +606,14 @@ class Session:
                                else _describe(rc))
                 return
             self.kick()
+
+
+class _Probe:
+    __slots__ = ("retained", "seen")
+
+    def __init__(self) -> None:
+        self.retained: bytes | None = None
+        self.seen: set[bytes] = set()
 
 
 def _describe(rc: int) -> str:
