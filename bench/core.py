@@ -114,6 +114,37 @@ def config_load(devices: int, points: int) -> None:
           f"tomlkit.parse alone {t_kit:.2f} s (x{t_kit / t_load:.1f})\n")
 
 
+def interval_spacing(seconds: float = 6.0) -> None:
+    """Spacing of ``[history] mode = "interval"`` samples (interval 1 s) for a point changing every 10 ms,
+    in a gateway run in-process (formerly a timed assert in tests/core/test_rpc_methods.py)."""
+    import trio
+
+    from gatewayd.testing import run_gateway
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+
+    async def run(tmp: str) -> list[float]:
+        async with run_gateway(tmp, """
+            [history]
+            mode = "interval"
+            interval = "1s"
+            [drivers.c]
+            type = "counter"
+            plugin = "ext_plugins.counter"
+            interval = "10ms"
+            [drivers.c.devices.d1.points.n]
+            """) as gw:
+            await trio.sleep(seconds)
+            ts = [r["ts"] for r in gw.history.query("d1/n")]
+        return [b - a for a, b in zip(ts, ts[1:])]
+
+    with tempfile.TemporaryDirectory(prefix="gwbench-") as tmp:
+        gaps = trio.run(run, tmp)
+    if gaps:
+        print(f"interval history (1 s): {len(gaps) + 1} samples in {seconds:g} s, spacing min {min(gaps):.3f} s, "
+              f"max {max(gaps):.3f} s\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=20)
@@ -121,6 +152,7 @@ def main() -> None:
     ap.add_argument("--points", type=int, default=200)
     a = ap.parse_args()
     config_load(a.devices, a.points)
+    interval_spacing()
     base = run_site("baseline (1 device, 6 points)", 1, 6, a.seconds)
     big = run_site(f"{a.devices}x{a.points} points at 1 Hz", a.devices, a.points, a.seconds)
     cols = ["points", "ready_s", "cpu_pct", "rss_mb", "values_per_s", "events_per_s", "samples_per_s",
