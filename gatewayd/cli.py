@@ -115,6 +115,50 @@ def _fmt_ts(ts: Any) -> str:
     return _dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
 
 
+_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+# C0/C1 controls and DEL, format characters (bidi overrides, zero-width), line/paragraph separators,
+# lone surrogates: what a terminal would act on, or what would break a table row
+_UNSAFE_CATEGORIES = frozenset(("Cc", "Cf", "Zl", "Zp", "Cs"))
+
+
+def _escape_char(ch: str) -> str:
+    import unicodedata
+
+    if unicodedata.category(ch) not in _UNSAFE_CATEGORIES:
+        return ch
+    named = _NAMED_ESCAPES.get(ch)
+    if named:
+        return named
+    cp = ord(ch)
+    return f"\\x{cp:02x}" if cp < 0x100 else f"\\u{cp:04x}" if cp < 0x10000 else f"\\U{cp:08x}"
+
+
+def escape_text(s: str) -> str:
+    """``s`` safe to print in one table cell or line: control and format characters (ESC, CR, LF,
+    TAB, DEL, C1, bidi overrides, zero-width, line separators) become visible escapes such as
+    ``\\x1b`` or ``\\n``. Printable text (the usual case) is returned as it is."""
+    if s.isprintable():
+        return s
+    return "".join(_escape_char(ch) for ch in s)
+
+
+def json_text(obj: Any, indent: int | None = 2) -> str:
+    """``obj`` as indented JSON for ``--json``: exact values, non-ASCII text kept readable, but DEL,
+    C1 controls and format characters written as ``\\u`` escapes (json leaves them raw) so that
+    printing it to a terminal is harmless."""
+    text = json.dumps(obj, indent=indent, ensure_ascii=False, default=str)
+    if text.isascii() and "\x7f" not in text:
+        return text
+
+    def esc(ch: str) -> str:
+        if ch == "\n" or _escape_char(ch) == ch:
+            return ch  # raw newlines are the indentation's; json escaped those inside strings
+        b = ch.encode("utf-16-be", "surrogatepass")
+        return "".join(f"\\u{int.from_bytes(b[i:i + 2], 'big'):04x}" for i in range(0, len(b), 2))
+
+    return "".join(esc(ch) for ch in text)
+
+
 def _fmt(v: Any) -> str:
     if v is None:
         return "-"
@@ -123,8 +167,8 @@ def _fmt(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, (list, dict)):
-        return json.dumps(v, ensure_ascii=False, default=str) if v else "-"
-    return str(v)
+        return escape_text(json.dumps(v, ensure_ascii=False, default=str)) if v else "-"
+    return escape_text(str(v))
 
 
 def print_table(rows: list[dict], columns: list[str] | None = None, out=sys.stdout) -> None:
@@ -168,7 +212,7 @@ TABLES = {
 
 def _render(method: str, result: Any, as_json: bool) -> None:
     if as_json:
-        print(json.dumps(result, indent=2, ensure_ascii=False, default=str))
+        print(json_text(result))
         return
     if method == "connectors.status" and isinstance(result, list):
         rows = []
@@ -451,7 +495,8 @@ def _call(sock: str, method: str, params: Any, *, as_json: bool, timeout: float)
             return _watch(client, params, as_json)
         result = client.call(method, params)
     except RpcRemoteError as e:
-        print(f"gatewayctl: {method}: {e.message}" + (f" ({e.data})" if e.data else ""), file=sys.stderr)
+        print(escape_text(f"gatewayctl: {method}: {e.message}" + (f" ({e.data})" if e.data else "")),
+              file=sys.stderr)
         return 4 if e.code == -32001 else 1
     except DaemonNotRunning as e:
         print(f"gatewayctl: {e}", file=sys.stderr)
@@ -475,13 +520,13 @@ def _watch(client, params, as_json: bool) -> int:
         for note in client.stream("points.watch", params):
             for ev in note.get("params", {}).get("events", []):
                 if as_json:
-                    print(json.dumps(ev, ensure_ascii=False, default=str), flush=True)
+                    print(json_text(ev, indent=None), flush=True)
                 elif ev.get("kind") == "value":
                     print(f"{_fmt_ts(ev['ts'])}  {ev['point']:<32} {_fmt(ev['value'])} {ev.get('unit') or ''}"
                           f"  [{ev['status']}]", flush=True)
                 else:
                     print(f"{_fmt_ts(ev['ts'])}  {ev.get('point') or ev.get('device')}: {ev['kind']} "
-                          f"{ev.get('old', '')} -> {ev.get('new', ev.get('status', ''))} {ev.get('reason') or ''}",
+                          f"{ev.get('old', '')} -> {ev.get('new', ev.get('status', ''))} {escape_text(str(ev.get('reason') or ''))}",
                           flush=True)
     except KeyboardInterrupt:
         return 0
