@@ -500,10 +500,13 @@ class Gateway:
         ctl = self.config.control
         d = os.path.dirname(os.path.abspath(ctl.socket))
         os.makedirs(d, exist_ok=True)
-        role_map = RoleMap.from_config(admin=ctl.admin, operator=ctl.operator, viewer=ctl.viewer)
+        role_map = RoleMap.from_config(admin=ctl.admin, operator=ctl.operator, viewer=ctl.viewer,
+                                       audit=getattr(ctl, "audit", ["role:operator"]))
         self.rpc = _RegistryHolder(self)
+        limits = {k: getattr(ctl, k) for k in ("max_connections", "max_connections_per_uid", "max_watchers",
+                                               "idle_timeout", "request_timeout") if hasattr(ctl, k)}
         await serve_unix(ctl.socket, self.rpc, role_map, mode=ctl.socket_mode, group=ctl.socket_group,
-                         max_request_bytes=ctl.max_request_bytes, task_status=task_status)
+                         max_request_bytes=ctl.max_request_bytes, task_status=task_status, **limits)
 
     async def _stale_loop(self) -> None:
         while True:

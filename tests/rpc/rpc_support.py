@@ -196,3 +196,54 @@ async def expect_silence(raw: Raw) -> None:
     """
     await raw.send('{"jsonrpc":"2.0","method":"get_data","id":"sentinel"}')
     assert await raw.recv() == {"jsonrpc": "2.0", "result": ["hello", 5], "id": "sentinel"}
+
+
+# ---------------------------------------------------------------- another uid
+
+NOBODY = 65534
+
+_AS_NOBODY = r"""
+import json, os, sys
+sys.path[:0] = json.loads(sys.argv[1])
+from gatewayd.rpc.client import RpcClient, RpcRemoteError, DaemonNotRunning  # imported while still root
+import socket, time
+os.setgroups([]); os.setgid(%(uid)d); os.setuid(%(uid)d)
+path, calls = sys.argv[2], json.loads(sys.argv[3])
+out = []
+for method, params in calls:
+    try:
+        c = RpcClient(path, timeout=20)
+        try:
+            out.append({"result": c.call(method, params)})
+        finally:
+            c.close()
+    except RpcRemoteError as e:
+        out.append({"error": e.message, "code": e.code})
+    except DaemonNotRunning as e:
+        out.append({"error": str(e), "code": None})
+print(json.dumps(out))
+"""
+
+
+def as_nobody(path: str, calls: list[tuple[str, dict]], uid: int = NOBODY) -> list[dict]:
+    """Call ``calls`` (method, params) over the socket at ``path`` from a process running as ``uid``
+    (we are root: the child drops to it with setuid after importing the client), one connection each.
+    Returns ``{"result": ...}`` or ``{"error": message, "code": code}`` per call."""
+    import json
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", _AS_NOBODY % {"uid": uid}, json.dumps(sys.path), path,
+                        json.dumps(calls)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def public_dir() -> str:
+    """A fresh directory any user can reach (pytest's tmp_path is root-only): for the control socket."""
+    import os
+    import tempfile
+
+    d = tempfile.mkdtemp(prefix="gwctl-", dir="/tmp")
+    os.chmod(d, 0o755)
+    return d
