@@ -328,7 +328,8 @@ def _build_ctl_parser() -> argparse.ArgumentParser:
     for opt in ("--since", "--until", "--actor", "--target"):
         p.add_argument(opt)
     p.add_argument("--action", dest="audit_action")
-    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--limit", type=int, default=50, help="entries per page (at most 1000)")
+    p.add_argument("--cursor", help="the next page: the cursor printed after a full page")
 
     g = sub.add_parser("config", help="validate or reload the configuration").add_subparsers(dest="action", required=True)
     p = g.add_parser("validate")
@@ -401,7 +402,8 @@ def _request(args, extra: list[str]) -> tuple[str, Any]:
                                       "limit": args.limit, "downsample": args.downsample})
     if g == "audit":
         return "audit.list", drop({"since": args.since, "until": args.until, "actor": args.actor,
-                                   "action": args.audit_action, "target": args.target, "limit": args.limit})
+                                   "action": args.audit_action, "target": args.target, "limit": args.limit,
+                                   "cursor": args.cursor})
     if g == "config":
         return ("config.validate", drop({"path": os.path.abspath(args.path) if args.path else None})) \
             if a == "validate" else ("config.reload", {})
@@ -506,6 +508,9 @@ def _call(sock: str, method: str, params: Any, *, as_json: bool, timeout: float)
     finally:
         client.close()
     _render(method, result, as_json)
+    if method == "audit.list" and isinstance(result, list) and result and isinstance(params, dict) \
+            and len(result) >= params.get("limit", 100) and isinstance(result[-1], dict) and result[-1].get("cursor"):
+        print(f"more: add --cursor {result[-1]['cursor']} for the next page", file=sys.stderr)
     if method == "config.validate" and isinstance(result, dict) and not result.get("ok"):
         for line in result.get("errors", []):
             print(line, file=sys.stderr)
