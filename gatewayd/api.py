@@ -91,6 +91,73 @@ def _shared(gw: Any) -> _Shared:
     return st
 
 
+def _secret_values(path: str) -> list[str]:
+    """Every value a ``{ env = ... }`` / ``{ file = ... }`` in ``path`` (and its includes) resolves to,
+    resolved as the loader does; unreadable files and unparsable TOML contribute nothing."""
+    import glob
+    import os
+    import tomllib
+
+    found: list[str] = []
+
+    def walk(v: Any) -> None:
+        if isinstance(v, dict):
+            if len(v) == 1 and next(iter(v)) in ("env", "file") and isinstance(next(iter(v.values())), str):
+                (kind, ref), = v.items()
+                if kind == "env":
+                    val = os.environ.get(ref)
+                else:
+                    try:
+                        with open(ref, encoding="utf-8", errors="replace") as fh:
+                            val = fh.read(1 << 16).rstrip("\r\n")
+                    except OSError:
+                        val = None
+                if val:
+                    found.append(val)
+                return
+            for x in v.values():
+                walk(x)
+        elif isinstance(v, list):
+            for x in v:
+                walk(x)
+
+    def read(p: str) -> dict:
+        try:
+            with open(p, "rb") as fh:
+                return tomllib.load(fh)
+        except (OSError, ValueError):
+            return {}
+
+    main = read(path)
+    walk(main)
+    includes = main.get("include", [])
+    if isinstance(includes, list):
+        base = os.path.dirname(os.path.abspath(path))
+        for pattern in includes:
+            if isinstance(pattern, str):
+                for inc in sorted(glob.glob(os.path.join(base, pattern)))[:1000]:
+                    walk(read(inc))
+    return found
+
+
+_TOKEN = None
+
+
+def _redact(text: str, secrets: list[str]) -> str:
+    """``text`` without any secret value: whole values, and any word of 4+ characters that is part of one
+    (a validator may quote a piece of a value), become ``***``."""
+    global _TOKEN
+    import re
+
+    if not secrets:
+        return text
+    for sv in sorted(secrets, key=len, reverse=True):
+        text = text.replace(sv, "***")
+    if _TOKEN is None:
+        _TOKEN = re.compile(r"[^\s'\"{}()\[\],:;=]{4,}")
+    return _TOKEN.sub(lambda m: "***" if any(m.group(0) in sv for sv in secrets) else m.group(0), text)
+
+
 def _unwatch(shared: _Shared, call: Any) -> None:
     from .rpc import Role
 
@@ -347,19 +414,31 @@ def build_registry(gw: "Gateway"):
 
     # ---------------------------------------------------------------- config
     async def config_validate(call, path: str | None = None):
-        """Validate a configuration file (default: the running one) without applying it."""
+        """Validate a configuration file (default: the running one) without applying it.
+
+        Admin only. Plugins the file names are loaded into a scratch registry thrown away afterwards
+        (the running daemon's is never touched), and no value read from ``{ env = ... }`` /
+        ``{ file = ... }`` appears in the answer.
+        """
+        from .plugins import PluginRegistry
+
         target = path or gw.config.path
-        try:
-            cfg = await trio.to_thread.run_sync(lambda: load_config(target, registry=gw.registry))
-        except ConfigError as e:
-            return {"ok": False, "errors": [str(p) for p in e.problems]}
-        return {"ok": True, "errors": [], "summary": cfg.summary()}
+
+        def validate() -> dict:
+            secrets = _secret_values(target)
+            try:
+                cfg = load_config(target, registry=PluginRegistry())
+            except ConfigError as e:
+                return {"ok": False, "errors": [_redact(str(p), secrets) for p in e.problems]}
+            return {"ok": True, "errors": [], "summary": _redact(cfg.summary(), secrets)}
+
+        return await trio.to_thread.run_sync(validate)
 
     async def config_reload(call):
         """Apply the configuration file again; a bad file changes nothing."""
         return await gw.reload(source=f"RPC by {call.actor}")
 
-    reg.add("config.validate", config_validate, role=Role.OPERATOR)
+    reg.add("config.validate", config_validate, role=Role.ADMIN)
     reg.add("config.reload", config_reload, role=Role.ADMIN, mutating=True)
 
     # ---------------------------------------------------------------- discovery

@@ -4,8 +4,9 @@ A handler is ``async def handler(call: Call, **params)`` (or with positional
 params): ``registry.add("points.read", handler, role=Role.VIEWER)`` or the
 decorator ``@registry.method("points.read")``. Params bind by position or by
 name (see :mod:`gatewayd.rpc.binding`); a handler raises :class:`RpcError` for
-an answer the client should see, and any other exception becomes a short
--32603 error (the traceback goes to the log, never to the client).
+an answer the client should see, and any other exception becomes a -32603
+error carrying only a reference id: the exception text and traceback go to the
+log under that reference, never to the client.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import enum
 import inspect
 import logging
 import os
+import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
@@ -319,9 +321,12 @@ class MethodRegistry:
                 raise RpcError(INVALID_PARAMS, f"invalid params for {m.name}: {e}") from None
             if not isinstance(exc, Exception):
                 raise  # KeyboardInterrupt, SystemExit, or a group holding one
-            log.error("RPC method %s failed (called by %s)", m.name, call.actor, exc_info=exc)
-            outcome = f"{type(e).__name__}: {e}"
-            raise RpcError(INTERNAL_ERROR, f"internal error in {m.name}: {type(e).__name__}: {e}") from None
+            ref = secrets.token_hex(4)
+            log.error("RPC method %s failed (called by %s; reference %s)", m.name, call.actor, ref, exc_info=exc)
+            outcome = f"internal error {type(e).__name__} (reference {ref})"
+            # no exception text to the client: it may hold paths, values or internals; the log has it
+            raise RpcError(INTERNAL_ERROR, f"internal error in {m.name} (reference {ref}: the daemon's log "
+                                           "has the details)") from None
         finally:
             if m.mutating:
                 await self._audit(m, call, named, outcome)
