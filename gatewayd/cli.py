@@ -671,9 +671,9 @@ def _watch(client, params, as_json: bool) -> int:
                     print(f"{_fmt_ts(ev['ts'])}  {ev['point']:<32} {_fmt(ev['value'])} {ev.get('unit') or ''}"
                           f"  [{ev['status']}]", flush=True)
                 else:
+                    reason = escape_text(str(ev.get("reason") or ""))
                     print(f"{_fmt_ts(ev['ts'])}  {ev.get('point') or ev.get('device')}: {ev['kind']} "
-                          f"{ev.get('old', '')} -> {ev.get('new', ev.get('status', ''))} {escape_text(str(ev.get('reason') or ''))}",
-                          flush=True)
+                          f"{ev.get('old', '')} -> {ev.get('new', ev.get('status', ''))} {reason}", flush=True)
     except KeyboardInterrupt:
         return 0
     return 0

@@ -23,8 +23,8 @@ The thin I/O edge around :mod:`gatewayd.rpc.protocol`:
   loop). At most ``max_connections`` connections at once, and
   ``max_connections_per_uid`` from one uid; root and the daemon's own uid have
   a pool of ``max_connections`` of their own (without the per-uid limit), so
-  other users can never lock the admins out. A connection over a limit gets one -32005 error saying which
-  limit, and is closed at once (its descriptor is freed; refusals are logged at
+  other users can never lock the admins out. A connection over a limit gets
+  one -32005 error saying which limit, and is closed at once (its descriptor is freed; refusals are logged at
   most once a minute, with a count). A connection with no request in flight
   that sends nothing for ``idle_timeout``, or that started a request and did
   not finish it within ``request_timeout`` (slowloris), gets a -32005 error and

@@ -163,7 +163,8 @@ def test_ready_names_an_instance_that_failed_to_start(tmp_path):
         assert status.startswith("STATUS=degraded: driver bacnet-main failed to start "
                                  "(OSError: [Errno 98] cannot bind 0.0.0.0:47808: Address already in use)"), status
         r = subprocess.run([sys.executable, "-m", "gatewayd.cli", "--socket", str(tmp_path / "var/gatewayd.sock"),
-                            "--json", "status"], capture_output=True, text=True, timeout=60, env={**os.environ, **env})
+                            "--json", "status"], capture_output=True, text=True, timeout=60,
+                           env={**os.environ, **env})
         assert r.returncode == 0, r.stderr
         import json
 

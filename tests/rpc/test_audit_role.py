@@ -43,7 +43,8 @@ async def test_a_viewer_cannot_read_the_audit_log_by_default(tmp_path, sockdir):
     sock = f"{sockdir}/ctl.sock"
     async with run_gateway(tmp_path, SITE.format(sock=sock, extra="")) as gw:
         await rpc(gw, "points.write", {"point": "d1/n", "value": 5})
-        viewer = await nobody(sock, [("audit.list", {}), ("gateway.methods", {}), ("points.read", {"points": "d1/n"})])
+        viewer = await nobody(sock, [("audit.list", {}), ("gateway.methods", {}),
+                                     ("points.read", {"points": "d1/n"})])
         assert viewer[0]["code"] == -32001
         assert viewer[0]["error"] == ("permission denied: audit.list needs the audit role ([control] audit); "
                                       f"uid:{NOBODY}(nobody) (viewer) does not have it")
@@ -66,7 +67,8 @@ async def test_the_audit_grant_is_configurable(tmp_path, sockdir):
     async with run_gateway(tmp_path, SITE.format(sock=sock, extra='audit = ["role:viewer"]')) as gw:
         await rpc(gw, "points.write", {"point": "d1/n", "value": 5})
         assert (await nobody(sock, [("audit.list", {})]))[0]["result"][0]["action"] == "points.write"
-    async with run_gateway(tmp_path, SITE.format(sock=sock, extra='operator = ["user:nobody"]\naudit = ["role:admin"]')):
+    extra = 'operator = ["user:nobody"]\naudit = ["role:admin"]'
+    async with run_gateway(tmp_path, SITE.format(sock=sock, extra=extra)):
         assert (await nobody(sock, [("audit.list", {})]))[0]["code"] == -32001
 
 
@@ -88,8 +90,8 @@ async def test_audit_list_is_capped_and_paged_by_cursor(tmp_path):
     async with run_gateway(tmp_path, SITE.format(sock=f"{tmp_path}/ctl.sock", extra="")) as gw:
         def fill(conn):
             # 2,500 entries, some sharing a timestamp (a page boundary may fall among them)
-            conn.executemany("INSERT INTO audit(ts, actor, action, target, detail, ok) VALUES (?, 'a', 'x', ?, '{}', 1)",
-                             [(1000.0 + i // 3, f"t{i}") for i in range(2500)])
+            conn.executemany("INSERT INTO audit(ts, actor, action, target, detail, ok) "
+                             "VALUES (?, 'a', 'x', ?, '{}', 1)", [(1000.0 + i // 3, f"t{i}") for i in range(2500)])
         gw.state.db.write_sync(fill)
         with pytest.raises(RpcRemoteError, match=r"limit must be an integer 1\.\.1000 \(page with cursor="):
             await rpc(gw, "audit.list", {"limit": 10**9})
