@@ -7,7 +7,10 @@ mode). Prints: time from exec to READY=1 (sd_notify), CPU % over the window,
 RSS, values/s ingested, events/s through the bus, samples/s committed to
 history.db, and bytes written to disk per sample (/proc/<pid>/io). Also the
 time to load a 10,000-point TOML written point by point (``load_config``, which
-reads with tomllib) against parsing it with tomlkit alone (the previous reader).
+reads with tomllib) against parsing it with tomlkit alone (the previous reader);
+the spacing of interval-mode history samples; and ``points.read`` latency over
+the control socket alone and while a hostile client holds idle connections,
+watch streams, half-sent requests and audit queries (issue 11.9).
 
     .venv/bin/python bench/core.py [--seconds 20] [--devices 50] [--points 200]
 """
