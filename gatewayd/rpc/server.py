@@ -187,6 +187,7 @@ async def serve_unix(path: str, registry: Any, role_map: Any, *, mode: int = 0o6
             listener = trio.SocketListener(sock)
             task_status.started()
             log.info("control socket listening on %s (mode %04o, gid %d)", path, mode, st.st_gid)
+            accept_errors, last_accept_log = 0, None
             async with trio.open_nursery() as nursery:
                 while True:
                     try:
@@ -194,7 +195,13 @@ async def serve_unix(path: str, registry: Any, role_map: Any, *, mode: int = 0o6
                     except OSError as e:
                         if e.errno not in _RESOURCE_ERRNOS:
                             raise
-                        log.error("control socket: cannot accept a connection: %s; retrying", e.strerror)
+                        # out of descriptors/memory: retry, but log once a minute, not ten times a second
+                        accept_errors += 1
+                        now = time.monotonic()
+                        if last_accept_log is None or now - last_accept_log >= _REFUSAL_LOG_EVERY:
+                            log.error("control socket: cannot accept connections: %s (%d time(s) since the last "
+                                      "report); retrying", e.strerror, accept_errors)
+                            accept_errors, last_accept_log = 0, now
                         await trio.sleep(0.1)
                         continue
                     try:

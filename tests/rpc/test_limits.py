@@ -115,3 +115,40 @@ async def test_a_hostile_viewer_cannot_stall_points_read(tmp_path, sockdir):
         from gatewayd.api import _shared
 
         await wait_until(gw, lambda: _shared(gw).watching() == 0, what="watch streams counted down")
+
+
+@pytest.mark.slow
+def test_out_of_descriptors_is_logged_once_a_minute_and_recovers(tmp_path, sockdir):
+    import socket
+    import time
+
+    sock = f"{sockdir}/ctl.sock"
+    path = tmp_path / "gatewayd.toml"
+    path.write_text(site_toml(tmp_path, textwrap.dedent(SITE.format(sock=sock, extra=""))))
+    with DaemonProcess(str(path), env={"PYTHONPATH": os.pathsep.join(sys.path)}) as d:
+        d.wait_ready()
+        n = len(os.listdir(f"/proc/{d.proc.pid}/fd"))
+        soft, hard = resource.prlimit(d.proc.pid, resource.RLIMIT_NOFILE)
+        resource.prlimit(d.proc.pid, resource.RLIMIT_NOFILE, (n + 2, hard))
+        held = []
+        try:
+            for _ in range(12):  # more than the daemon can accept: the rest wait in the backlog
+                s = socket.socket(socket.AF_UNIX)
+                s.connect(sock)
+                held.append(s)
+            deadline = time.monotonic() + 30
+            while "control socket: cannot accept" not in d.log():
+                assert time.monotonic() < deadline, d.log()
+                held[0].settimeout(0.2)
+                try:
+                    held[0].recv(1)  # waits a little without sleeping blindly; nothing is sent to it
+                except socket.timeout:
+                    pass
+        finally:
+            for s in held:
+                s.close()
+        resource.prlimit(d.proc.pid, resource.RLIMIT_NOFILE, (soft, hard))
+        r = subprocess.run([sys.executable, "-m", "gatewayd.cli", "--socket", sock, "status"],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert d.log().count("control socket: cannot accept") == 1
