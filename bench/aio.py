@@ -152,6 +152,29 @@ async def asyncua_native() -> float:
         await opc.stop()
 
 
+async def stubborn_cancel(grace: float = 0.2) -> float:
+    """Seconds from cancelling (on the trio side) a coroutine that ignores its cancellation to the
+    trio call returning: bounded by ``cancel_grace`` (formerly a timed assert in tests/core/test_aio.py)."""
+    async with open_asyncio_bridge(cancel_grace=grace, shutdown_timeout=0.3) as aio:
+        started = trio.Event()
+
+        async def stubborn():
+            aio.call_soon_in_trio(started.set)
+            while True:
+                try:
+                    await asyncio.sleep(60)
+                except asyncio.CancelledError:
+                    continue
+
+        logging.getLogger("gatewayd.aio").setLevel(logging.CRITICAL)
+        async with trio.open_nursery() as n:
+            n.start_soon(aio.run, stubborn)
+            await started.wait()
+            t = time.perf_counter()
+            n.cancel_scope.cancel()
+        return time.perf_counter() - t
+
+
 def best(rounds: list[tuple[float, ...]]) -> tuple[float, ...]:
     return tuple(max(r[i] for r in rounds) for i in range(len(rounds[0])))
 
@@ -179,6 +202,8 @@ def main():
         print(f"trio-asyncio, {CONCURRENT} concurrent     : {ta_conc:9.0f} calls/s")
         print(f"bridge / trio-asyncio           : {seq / ta_seq:9.2f}x sequential, {conc / ta_conc:.2f}x concurrent")
     print(f"plain asyncio task (baseline)   : {base:9.0f} calls/s ({1e6 / base:6.1f} us/call)")
+    took = trio.run(stubborn_cancel)
+    print(f"cancel a coroutine ignoring it  : {took:9.3f} s to return (cancel_grace 0.2 s)")
     try:
         import asyncua  # noqa: F401
     except ImportError:

@@ -12,6 +12,7 @@ import fnmatch
 import functools
 import logging
 import time
+import weakref
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -52,10 +53,128 @@ def _parse_time(v: Any, name: str) -> float | None:
     raise RpcError(INVALID_PARAMS, f"{name}: {v!r} is not a time (epoch seconds, RFC 3339, or relative like \"-1h\")")
 
 
+AUDIT_PAGE_MAX = 1000
+
+
+def _parse_cursor(cursor: Any) -> tuple[float, int] | None:
+    """``"<ts>/<id>"`` (an audit entry's ``cursor``) -> (ts, id)."""
+    from .rpc import INVALID_PARAMS, RpcError
+
+    if cursor is None:
+        return None
+    try:
+        ts, _, i = str(cursor).partition("/")
+        return float(ts), int(i)
+    except ValueError:
+        raise RpcError(INVALID_PARAMS, f"cursor {cursor!r} is not an audit cursor (the \"cursor\" of the last "
+                                       "entry of the previous page)") from None
+
+
+class _Shared:
+    """Per-gateway state of the methods that outlives a rebuilt method table (reloads)."""
+
+    def __init__(self) -> None:
+        self.audit_queries = trio.Lock()
+        self.watchers: dict[int, int] = {}
+
+    def watching(self) -> int:
+        return sum(self.watchers.values())
+
+
+_SHARED: "weakref.WeakKeyDictionary[Any, _Shared]" = weakref.WeakKeyDictionary()
+
+
+def _shared(gw: Any) -> _Shared:
+    st = _SHARED.get(gw)
+    if st is None:
+        st = _SHARED[gw] = _Shared()
+    return st
+
+
+def _secret_values(path: str) -> list[str]:
+    """Every value a ``{ env = ... }`` / ``{ file = ... }`` in ``path`` (and its includes) resolves to,
+    resolved as the loader does; unreadable files and unparsable TOML contribute nothing."""
+    import glob
+    import os
+    import tomllib
+
+    found: list[str] = []
+
+    def walk(v: Any) -> None:
+        if isinstance(v, dict):
+            if len(v) == 1 and next(iter(v)) in ("env", "file") and isinstance(next(iter(v.values())), str):
+                (kind, ref), = v.items()
+                if kind == "env":
+                    val = os.environ.get(ref)
+                else:
+                    try:
+                        with open(ref, encoding="utf-8", errors="replace") as fh:
+                            val = fh.read(1 << 16).rstrip("\r\n")
+                    except OSError:
+                        val = None
+                if val:
+                    found.append(val)
+                return
+            for x in v.values():
+                walk(x)
+        elif isinstance(v, list):
+            for x in v:
+                walk(x)
+
+    def read(p: str) -> dict:
+        try:
+            with open(p, "rb") as fh:
+                return tomllib.load(fh)
+        except (OSError, ValueError):
+            return {}
+
+    main = read(path)
+    walk(main)
+    includes = main.get("include", [])
+    if isinstance(includes, list):
+        base = os.path.dirname(os.path.abspath(path))
+        for pattern in includes:
+            if isinstance(pattern, str):
+                for inc in sorted(glob.glob(os.path.join(base, pattern)))[:1000]:
+                    walk(read(inc))
+    return found
+
+
+_TOKEN = None
+
+
+def _redact(text: str, secrets: list[str]) -> str:
+    """``text`` without any secret value: whole values, and any word of 4+ characters that is part of one
+    (a validator may quote a piece of a value), become ``***``."""
+    global _TOKEN
+    import re
+
+    if not secrets:
+        return text
+    for sv in sorted(secrets, key=len, reverse=True):
+        text = text.replace(sv, "***")
+    if _TOKEN is None:
+        _TOKEN = re.compile(r"[^\s'\"{}()\[\],:;=]{4,}")
+    return _TOKEN.sub(lambda m: "***" if any(m.group(0) in sv for sv in secrets) else m.group(0), text)
+
+
+def _unwatch(shared: _Shared, call: Any) -> None:
+    from .rpc import Role
+
+    if call.role >= Role.ADMIN:
+        return
+    n = shared.watchers.get(call.uid, 0) - 1
+    if n > 0:
+        shared.watchers[call.uid] = n
+    else:
+        shared.watchers.pop(call.uid, None)
+
+
 def build_registry(gw: "Gateway"):
     """A fresh method table: core methods + every loaded plugin's."""
     from .plugin import WriteError
-    from .rpc import (CONFLICT, INVALID_PARAMS, NOT_FOUND, UNAVAILABLE, MethodRegistry, Role, RpcError)
+    from .rpc import (AUDIT, CONFLICT, INVALID_PARAMS, LIMIT_EXCEEDED, NOT_FOUND, UNAVAILABLE, MethodRegistry, Role,
+                      RpcError)
 
     async def audit_hook(actor, method, params, ok, error):
         if method in ("points.write", "points.relinquish"):
@@ -64,6 +183,7 @@ def build_registry(gw: "Gateway"):
                        {"params": params, **({"error": error} if error else {})}, ok=ok)
 
     reg = MethodRegistry(audit=audit_hook)
+    audit_queries = _shared(gw).audit_queries
 
     def point_errors(fn):
         async def wrapper(call, *args, **kw):
@@ -180,6 +300,17 @@ def build_registry(gw: "Gateway"):
         if bad:
             raise RpcError(INVALID_PARAMS, f"unknown event kinds {bad}; known: {sorted(EVENT_TYPES)}")
         classes = tuple(EVENT_TYPES[k] for k in kinds)
+        shared = _shared(gw)
+        cap = getattr(gw.config.control, "max_watchers", 32)
+        per_uid = max(1, cap // 4)
+        if call.role < Role.ADMIN:  # admins are not counted against others' streams
+            if shared.watching() >= cap:
+                raise RpcError(LIMIT_EXCEEDED, f"too many points.watch streams ({cap} open; [control] "
+                                               "max_watchers): try again later")
+            if shared.watchers.get(call.uid, 0) >= per_uid:
+                raise RpcError(LIMIT_EXCEEDED, f"too many points.watch streams of {call.actor} ({per_uid} open; "
+                                               "a quarter of [control] max_watchers): end some first")
+            shared.watchers[call.uid] = shared.watchers.get(call.uid, 0) + 1
 
         def accept(ev):
             if not isinstance(ev, classes):
@@ -195,7 +326,11 @@ def build_registry(gw: "Gateway"):
                 return False
             return True
 
-        sub = gw.bus.subscribe(f"watch:{call.actor}", accept=accept)
+        try:
+            sub = gw.bus.subscribe(f"watch:{call.actor}", accept=accept)
+        except BaseException:
+            _unwatch(shared, call)
+            raise
         try:
             async with trio.open_nursery() as n:
                 async def closer():
@@ -210,6 +345,7 @@ def build_registry(gw: "Gateway"):
                         break  # the client left
         finally:
             sub.close()
+            _unwatch(shared, call)
         return {"dropped": sub.dropped}
 
     reg.add("points.list", points_list, role=Role.VIEWER)
@@ -242,29 +378,67 @@ def build_registry(gw: "Gateway"):
         return {"point": point, "samples": rows}
 
     async def audit_list(call, since: Any = None, until: Any = None, actor: str | None = None,
-                         action: str | None = None, target: str | None = None, limit: int = 100):
-        """Audit entries, newest first; filter by time, actor, action, target glob."""
-        return gw.state.list_audit(since=_parse_time(since, "since"), until=_parse_time(until, "until"),
-                                   actor=actor, action=action, target_glob=target, limit=limit)
+                         action: str | None = None, target: str | None = None, limit: int = 100,
+                         cursor: str | None = None):
+        """Audit entries, newest first, at most 1000 a page; filter by time, actor, action, target glob.
+
+        Each entry has a ``cursor``: pass the last one's to get the next (older) page.
+        """
+        if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= AUDIT_PAGE_MAX:
+            raise RpcError(INVALID_PARAMS, f"limit must be an integer 1..{AUDIT_PAGE_MAX} "
+                                           "(page with cursor=<the last entry's cursor>)")
+        before = _parse_cursor(cursor)
+        since_ts, until_ts = _parse_time(since, "since"), _parse_time(until, "until")
+        if before is not None:
+            until_ts = before[0] if until_ts is None else min(until_ts, before[0])
+
+        def query() -> list[dict]:
+            # newest first by (ts, id): entries at the cursor's ts with an id >= the cursor's were seen already
+            want = limit
+            while True:
+                rows = gw.state.list_audit(since=since_ts, until=until_ts, actor=actor, action=action,
+                                           target_glob=target, limit=want)
+                out = [r for r in rows if before is None or (r["ts"], r["id"]) < before]
+                if len(out) >= limit or len(rows) < want or want >= 8 * AUDIT_PAGE_MAX:
+                    return out[:limit]
+                want *= 4
+
+        async with audit_queries:  # one big query at a time; the trio thread never runs it
+            rows = await trio.to_thread.run_sync(query)
+        for r in rows:
+            r["cursor"] = f"{r['ts']!r}/{r['id']}"
+        return rows
 
     reg.add("history.query", history_query, role=Role.VIEWER)
-    reg.add("audit.list", audit_list, role=Role.VIEWER)
+    reg.add("audit.list", audit_list, role=Role.VIEWER, grant=AUDIT)
 
     # ---------------------------------------------------------------- config
     async def config_validate(call, path: str | None = None):
-        """Validate a configuration file (default: the running one) without applying it."""
+        """Validate a configuration file (default: the running one) without applying it.
+
+        Admin only. Plugins the file names are loaded into a scratch registry thrown away afterwards
+        (the running daemon's is never touched), and no value read from ``{ env = ... }`` /
+        ``{ file = ... }`` appears in the answer.
+        """
+        from .plugins import PluginRegistry
+
         target = path or gw.config.path
-        try:
-            cfg = await trio.to_thread.run_sync(lambda: load_config(target, registry=gw.registry))
-        except ConfigError as e:
-            return {"ok": False, "errors": [str(p) for p in e.problems]}
-        return {"ok": True, "errors": [], "summary": cfg.summary()}
+
+        def validate() -> dict:
+            secrets = _secret_values(target)
+            try:
+                cfg = load_config(target, registry=PluginRegistry())
+            except ConfigError as e:
+                return {"ok": False, "errors": [_redact(str(p), secrets) for p in e.problems]}
+            return {"ok": True, "errors": [], "summary": _redact(cfg.summary(), secrets)}
+
+        return await trio.to_thread.run_sync(validate)
 
     async def config_reload(call):
         """Apply the configuration file again; a bad file changes nothing."""
         return await gw.reload(source=f"RPC by {call.actor}")
 
-    reg.add("config.validate", config_validate, role=Role.OPERATOR)
+    reg.add("config.validate", config_validate, role=Role.ADMIN)
     reg.add("config.reload", config_reload, role=Role.ADMIN, mutating=True)
 
     # ---------------------------------------------------------------- discovery

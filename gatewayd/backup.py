@@ -267,13 +267,25 @@ def _newest_created(root: str) -> float | None:
 def register_backup_methods(registry: Any, gw: "Gateway") -> None:
     from .rpc import Role
 
+    def only_configured(method: str, dir: str | None) -> str:
+        """The configured backup directory; a ``dir`` naming any other is refused (no writing or listing
+        elsewhere through the socket)."""
+        from .rpc import INVALID_PARAMS, RpcError
+
+        configured = backup_dir(gw)
+        if dir is not None and os.path.realpath(dir) != os.path.realpath(configured):
+            raise RpcError(INVALID_PARAMS, f"{method}: dir must be the configured backup directory {configured} "
+                                           f"([backup] dir), not {dir!r}")
+        return configured
+
     async def backup_run(call, dir: str | None = None):
-        """Back up state.db, history.db and outbox.db now (consistent while running)."""
-        return await run_backup(gw, dir)
+        """Back up state.db, history.db and outbox.db now into the backup directory (consistent while running)."""
+        return await run_backup(gw, only_configured("backup.run", dir))
 
     async def backup_list(call, dir: str | None = None):
         """Backups in the backup directory, newest first."""
-        return list_backups(dir or backup_dir(gw))
+        root = only_configured("backup.list", dir)
+        return await trio.to_thread.run_sync(list_backups, root)
 
     registry.add("backup.run", backup_run, role=Role.ADMIN, mutating=True)
     registry.add("backup.list", backup_list, role=Role.VIEWER)

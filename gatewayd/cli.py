@@ -115,6 +115,50 @@ def _fmt_ts(ts: Any) -> str:
     return _dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
 
 
+_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+# C0/C1 controls and DEL, format characters (bidi overrides, zero-width), line/paragraph separators,
+# lone surrogates: what a terminal would act on, or what would break a table row
+_UNSAFE_CATEGORIES = frozenset(("Cc", "Cf", "Zl", "Zp", "Cs"))
+
+
+def _escape_char(ch: str) -> str:
+    import unicodedata
+
+    if unicodedata.category(ch) not in _UNSAFE_CATEGORIES:
+        return ch
+    named = _NAMED_ESCAPES.get(ch)
+    if named:
+        return named
+    cp = ord(ch)
+    return f"\\x{cp:02x}" if cp < 0x100 else f"\\u{cp:04x}" if cp < 0x10000 else f"\\U{cp:08x}"
+
+
+def escape_text(s: str) -> str:
+    """``s`` safe to print in one table cell or line: control and format characters (ESC, CR, LF,
+    TAB, DEL, C1, bidi overrides, zero-width, line separators) become visible escapes such as
+    ``\\x1b`` or ``\\n``. Printable text (the usual case) is returned as it is."""
+    if s.isprintable():
+        return s
+    return "".join(_escape_char(ch) for ch in s)
+
+
+def json_text(obj: Any, indent: int | None = 2) -> str:
+    """``obj`` as indented JSON for ``--json``: exact values, non-ASCII text kept readable, but DEL,
+    C1 controls and format characters written as ``\\u`` escapes (json leaves them raw) so that
+    printing it to a terminal is harmless."""
+    text = json.dumps(obj, indent=indent, ensure_ascii=False, default=str)
+    if text.isascii() and "\x7f" not in text:
+        return text
+
+    def esc(ch: str) -> str:
+        if ch == "\n" or _escape_char(ch) == ch:
+            return ch  # raw newlines are the indentation's; json escaped those inside strings
+        b = ch.encode("utf-16-be", "surrogatepass")
+        return "".join(f"\\u{int.from_bytes(b[i:i + 2], 'big'):04x}" for i in range(0, len(b), 2))
+
+    return "".join(esc(ch) for ch in text)
+
+
 def _fmt(v: Any) -> str:
     if v is None:
         return "-"
@@ -123,8 +167,8 @@ def _fmt(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, (list, dict)):
-        return json.dumps(v, ensure_ascii=False, default=str) if v else "-"
-    return str(v)
+        return escape_text(json.dumps(v, ensure_ascii=False, default=str)) if v else "-"
+    return escape_text(str(v))
 
 
 def print_table(rows: list[dict], columns: list[str] | None = None, out=sys.stdout) -> None:
@@ -168,7 +212,7 @@ TABLES = {
 
 def _render(method: str, result: Any, as_json: bool) -> None:
     if as_json:
-        print(json.dumps(result, indent=2, ensure_ascii=False, default=str))
+        print(json_text(result))
         return
     if method == "connectors.status" and isinstance(result, list):
         rows = []
@@ -284,7 +328,8 @@ def _build_ctl_parser() -> argparse.ArgumentParser:
     for opt in ("--since", "--until", "--actor", "--target"):
         p.add_argument(opt)
     p.add_argument("--action", dest="audit_action")
-    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--limit", type=int, default=50, help="entries per page (at most 1000)")
+    p.add_argument("--cursor", help="the next page: the cursor printed after a full page")
 
     g = sub.add_parser("config", help="validate or reload the configuration").add_subparsers(dest="action", required=True)
     p = g.add_parser("validate")
@@ -314,7 +359,8 @@ def _build_ctl_parser() -> argparse.ArgumentParser:
     p.add_argument("--dir")
     p = g.add_parser("restore", help="restore a backup directory (offline: stop gatewayd first)")
     p.add_argument("path")
-    p.add_argument("-c", "--config", default=os.environ.get("GATEWAYD_CONFIG", "/etc/gatewayd/gatewayd.toml"))
+    p.add_argument("-c", "--config", default=None,
+                   help="the daemon's configuration (default: $GATEWAYD_CONFIG, else /etc/gatewayd/gatewayd.toml)")
 
     p = sub.add_parser("call", help="call any method: call METHOD [JSON-params | key=value ...]")
     p.add_argument("method")
@@ -357,7 +403,8 @@ def _request(args, extra: list[str]) -> tuple[str, Any]:
                                       "limit": args.limit, "downsample": args.downsample})
     if g == "audit":
         return "audit.list", drop({"since": args.since, "until": args.until, "actor": args.actor,
-                                   "action": args.audit_action, "target": args.target, "limit": args.limit})
+                                   "action": args.audit_action, "target": args.target, "limit": args.limit,
+                                   "cursor": args.cursor})
     if g == "config":
         return ("config.validate", drop({"path": os.path.abspath(args.path) if args.path else None})) \
             if a == "validate" else ("config.reload", {})
@@ -379,38 +426,167 @@ def _request(args, extra: list[str]) -> tuple[str, Any]:
     raise SystemExit(2)  # pragma: no cover
 
 
+KNOWN_COMMANDS = ("status", "version", "methods", "drivers", "devices", "connectors", "points", "history", "audit",
+                  "config", "discovery", "backup", "call")
+_GLOBAL_VALUE_OPTS = ("-s", "--socket", "--timeout")
+#: how people write the protocol a plugin namespace is named after
+_DISPLAY = {"modbus": "Modbus", "bacnet": "BACnet", "mqtt": "MQTT", "opcua": "OPC UA", "sim": "simulator"}
+
+
+def _add_global_options(ap: argparse.ArgumentParser) -> None:
+    """Accept ``--json``, ``-s/--socket`` and ``--timeout`` after the command too (``status --json``):
+    every sub-command parser gets them, with defaults that never override the top-level ones."""
+    for action in ap._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in set(action.choices.values()):
+                if not any(isinstance(a, argparse._SubParsersAction) for a in sub._actions):
+                    if "--json" not in sub._option_string_actions:
+                        sub.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                                         help="print the raw JSON result")
+                        sub.add_argument("-s", "--socket", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+                        sub.add_argument("--timeout", type=float, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+                _add_global_options(sub)
+
+
 def gatewayctl_main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """``gatewayctl``: parse, call the daemon, print. Returns the exit code (see the module docstring)."""
+    try:
+        return _gatewayctl(list(sys.argv[1:] if argv is None else argv))
+    except BrokenPipeError:
+        # `gatewayctl ... | head`: the reader left; say nothing (and let no flush at exit complain)
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 141  # as a process killed by SIGPIPE
+
+
+def _gatewayctl(argv: list[str]) -> int:
     ap = _build_ctl_parser()
+    _add_global_options(ap)
     # generic plugin methods: gatewayctl <ns> <method-name> [--key value ...]
-    known = {"status", "version", "methods", "drivers", "devices", "connectors", "points", "history", "audit",
-             "config", "discovery", "backup", "call"}
-    pos = [i for i, a in enumerate(argv) if not a.startswith("-")]
+    j = 0  # skip the global options before the command (and the values of -s/--socket/--timeout)
+    while j < len(argv) and argv[j].startswith("-"):
+        j += 2 if argv[j] in _GLOBAL_VALUE_OPTS else 1
     generic = None
-    if pos:
-        i = pos[0]
-        # skip the value of -s/--socket/--timeout
-        j = 0
-        while j < len(argv) and argv[j].startswith("-"):
-            j += 2 if argv[j] in ("-s", "--socket", "--timeout") else 1
-        if j < len(argv) and argv[j] not in known and j + 1 < len(argv) and not argv[j].startswith("-"):
-            generic = (argv[j], argv[j + 1], argv[j + 2:])
-            argv = argv[:j]
-        del i
+    if j < len(argv) and argv[j] not in KNOWN_COMMANDS:
+        generic = (argv[j], argv[j + 1:])
+        argv = argv[:j]
     if argv and argv[0] in ("-h", "--help") and generic is None:
         ap.parse_args(argv)
     args = ap.parse_args(argv)
     if generic is not None:
-        ns, name, rest = generic
-        method, params = f"{ns}.{name.replace('-', '_')}", _kv_params(rest)
-    elif args.group is None:
+        ns, rest = generic
+        as_json = args.json or "--json" in rest
+        rest = [x for x in rest if x != "--json"]
+        sock = args.socket or default_socket()
+        if not rest or rest[0] in ("-h", "--help") or rest[0].startswith("-"):
+            return _plugin_help(sock, ns, None)
+        name, params_argv = rest[0], rest[1:]
+        if "-h" in params_argv or "--help" in params_argv:
+            return _plugin_help(sock, ns, name)
+        method, params = f"{ns}.{name.replace('-', '_')}", _kv_params(params_argv)
+        return _call(sock, method, params, as_json=as_json, timeout=args.timeout, command=f"{ns} {name}")
+    if args.group is None:
         ap.print_help()
         return 2
-    elif args.group == "backup" and args.action == "restore":
+    if args.group == "backup" and args.action == "restore":
         return _restore(args)
-    else:
-        method, params = _request(args, [])
+    method, params = _request(args, [])
     return _call(args.socket or default_socket(), method, params, as_json=args.json, timeout=args.timeout)
+
+
+def _usage(m: dict) -> str:
+    """``--device DEVICE [--on ON]`` from a method's ``params`` (``"device [on]"``)."""
+    out = []
+    for tok in str(m.get("params") or "").split():
+        opt = tok.startswith("[")
+        name = tok.strip("[]").rstrip(".").split("=")[0].rstrip(".")
+        if not name:
+            continue
+        part = f"--{name.replace('_', '-')} {name.upper()}"
+        out.append(f"[{part}]" if opt else part)
+    return " ".join(out)
+
+
+def _methods(sock: str) -> list[dict] | str:
+    """``gateway.methods`` (what our role may call), or why the daemon could not be asked."""
+    from .rpc.client import AccessDenied, DaemonNotRunning, RpcClient, RpcRemoteError
+
+    try:
+        with RpcClient(sock, timeout=10) as c:
+            return c.call("gateway.methods", {})
+    except (DaemonNotRunning, AccessDenied, RpcRemoteError, OSError) as e:
+        return str(e)
+
+
+def _plugin_help(sock: str, ns: str, name: str | None) -> int:
+    """Help for ``gatewayctl NS --help`` / ``NS METHOD --help``, built from ``gateway.methods`` (a read,
+    never the method itself: nothing runs, nothing is audited)."""
+    methods = _methods(sock)
+    if isinstance(methods, str) and ns not in _DISPLAY and _suggest(ns, []):
+        return _unknown(ns, name, [])  # a typo of a built-in command: no daemon needed to say so
+    if isinstance(methods, str):
+        print(f"usage: gatewayctl {ns} METHOD [--param value ...]\n\n"
+              f"Calls the plugin method {ns}.METHOD. The methods and their parameters come from the daemon, "
+              f"which cannot tell now: {methods}")
+        return 0
+    mine = [m for m in methods if m["name"].startswith(ns + ".")]
+    if name is not None:
+        full = f"{ns}.{name.replace('-', '_')}"
+        m = next((m for m in mine if m["name"] == full), None)
+        if m is None:
+            return _unknown(ns, name, methods)
+        print(f"usage: gatewayctl {ns} {name} {_usage(m)}".rstrip())
+        print(f"\n{m.get('doc') or ''}\n\nrole: {m['role']}" + ("; changes state (audited)" if m.get("mutating")
+                                                                 else ""))
+        return 0
+    if not mine:
+        return _unknown(ns, None, methods)
+    print(f"usage: gatewayctl {ns} METHOD [--param value ...]   (values are JSON when they look like JSON)\n")
+    for m in mine:
+        cmd = m["name"].split(".", 1)[1].replace("_", "-")
+        print(f"  gatewayctl {ns} {cmd} {_usage(m)}".rstrip())
+        if m.get("doc"):
+            print(f"      {m['doc']}")
+    return 0
+
+
+def _suggest(ns: str, methods: list[dict], name: str | None = None) -> str | None:
+    """The closest command to ``ns [name]``: a built-in one, or a method the daemon has."""
+    import difflib
+
+    namespaces = sorted({m["name"].split(".", 1)[0] for m in methods if "." in m["name"]} - {"gateway"})
+    if name is None or ns not in namespaces:
+        best = difflib.get_close_matches(ns, list(KNOWN_COMMANDS) + namespaces, n=1, cutoff=0.6)
+        if not best:
+            return None
+        return best[0] + (f" {name}" if name is not None else "")
+    cmds = [m["name"].split(".", 1)[1].replace("_", "-") for m in methods if m["name"].startswith(ns + ".")]
+    best = difflib.get_close_matches(name, cmds, n=1, cutoff=0.6)
+    return f"{ns} {best[0]}" if best else None
+
+
+def _no_plugin(ns: str) -> int:
+    what = _DISPLAY.get(ns, ns)
+    print(f"gatewayctl: no {what} driver is configured on this gateway: the `gatewayctl {ns} ...` commands come "
+          f"with it (add a [drivers.<id>] table with type = \"{ns}\"; `gatewayctl methods` lists what there "
+          "is)", file=sys.stderr)
+    return 1
+
+
+def _unknown(ns: str, name: str | None, methods: list[dict]) -> int:
+    """Exit 2 with a "did you mean"; or 1 when ``ns`` is a plugin that is simply not configured."""
+    cmd = ns if name is None else f"{ns} {name}"
+    namespaces = {m["name"].split(".", 1)[0] for m in methods if "." in m["name"]}
+    if ns not in namespaces and ns in _DISPLAY:
+        return _no_plugin(ns)
+    hint = _suggest(ns, methods, name)
+    print(f"gatewayctl: unknown command {cmd!r}" + (f"; did you mean {hint!r}?" if hint else
+                                                     " (`gatewayctl --help`, `gatewayctl methods`)"),
+          file=sys.stderr)
+    return 2
 
 
 def _restore(args) -> int:
@@ -418,10 +594,17 @@ def _restore(args) -> int:
     from .backup import BackupError, restore_backup
     from .config import ConfigError, load_config
 
+    path = args.config
+    if path is None:
+        env = os.environ.get("GATEWAYD_CONFIG")
+        path = env or "/etc/gatewayd/gatewayd.toml"
+        print(f"gatewayctl: using the configuration {path} "
+              + ("(from $GATEWAYD_CONFIG; -c PATH for another)" if env else
+                 "(the default; -c PATH or $GATEWAYD_CONFIG for another)"), file=sys.stderr)
     try:
-        cfg = load_config(args.config)
+        cfg = load_config(path)
     except ConfigError as e:
-        print(f"gatewayctl: cannot read {args.config}:\n{e}", file=sys.stderr)
+        print(f"gatewayctl: cannot read {path}:\n{e}", file=sys.stderr)
         return 2
     try:
         res = restore_backup(os.path.abspath(args.path), cfg.gateway.state_dir,
@@ -435,7 +618,7 @@ def _restore(args) -> int:
     return 0
 
 
-def _call(sock: str, method: str, params: Any, *, as_json: bool, timeout: float) -> int:
+def _call(sock: str, method: str, params: Any, *, as_json: bool, timeout: float, command: str | None = None) -> int:
     from .rpc.client import AccessDenied, DaemonNotRunning, RpcClient, RpcRemoteError
 
     try:
@@ -451,7 +634,12 @@ def _call(sock: str, method: str, params: Any, *, as_json: bool, timeout: float)
             return _watch(client, params, as_json)
         result = client.call(method, params)
     except RpcRemoteError as e:
-        print(f"gatewayctl: {method}: {e.message}" + (f" ({e.data})" if e.data else ""), file=sys.stderr)
+        if e.code == -32601 and command is not None:  # a plugin command the daemon does not have
+            methods = _methods(sock)
+            ns, _, name = command.partition(" ")
+            return _unknown(ns, name, methods if isinstance(methods, list) else [])
+        print(escape_text(f"gatewayctl: {method}: {e.message}" + (f" ({e.data})" if e.data else "")),
+              file=sys.stderr)
         return 4 if e.code == -32001 else 1
     except DaemonNotRunning as e:
         print(f"gatewayctl: {e}", file=sys.stderr)
@@ -461,6 +649,9 @@ def _call(sock: str, method: str, params: Any, *, as_json: bool, timeout: float)
     finally:
         client.close()
     _render(method, result, as_json)
+    if method == "audit.list" and isinstance(result, list) and result and isinstance(params, dict) \
+            and len(result) >= params.get("limit", 100) and isinstance(result[-1], dict) and result[-1].get("cursor"):
+        print(f"more: add --cursor {result[-1]['cursor']} for the next page", file=sys.stderr)
     if method == "config.validate" and isinstance(result, dict) and not result.get("ok"):
         for line in result.get("errors", []):
             print(line, file=sys.stderr)
@@ -475,14 +666,14 @@ def _watch(client, params, as_json: bool) -> int:
         for note in client.stream("points.watch", params):
             for ev in note.get("params", {}).get("events", []):
                 if as_json:
-                    print(json.dumps(ev, ensure_ascii=False, default=str), flush=True)
+                    print(json_text(ev, indent=None), flush=True)
                 elif ev.get("kind") == "value":
                     print(f"{_fmt_ts(ev['ts'])}  {ev['point']:<32} {_fmt(ev['value'])} {ev.get('unit') or ''}"
                           f"  [{ev['status']}]", flush=True)
                 else:
+                    reason = escape_text(str(ev.get("reason") or ""))
                     print(f"{_fmt_ts(ev['ts'])}  {ev.get('point') or ev.get('device')}: {ev['kind']} "
-                          f"{ev.get('old', '')} -> {ev.get('new', ev.get('status', ''))} {ev.get('reason') or ''}",
-                          flush=True)
+                          f"{ev.get('old', '')} -> {ev.get('new', ev.get('status', ''))} {reason}", flush=True)
     except KeyboardInterrupt:
         return 0
     return 0

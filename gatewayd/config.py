@@ -602,6 +602,12 @@ class ControlConfig:
     admin: list[str]
     operator: list[str]
     viewer: list[str]
+    audit: list[str] = field(default_factory=lambda: ["role:operator"])
+    max_connections: int = 64
+    max_connections_per_uid: int = 16
+    max_watchers: int = 32
+    idle_timeout: float = 300.0
+    request_timeout: float = 10.0
 
 
 @dataclass
@@ -750,6 +756,16 @@ CONTROL_SCHEMA = Schema({
     "admin": Key(List(Str()), list),
     "operator": Key(List(Str()), list),
     "viewer": Key(List(Str()), lambda: ["*"]),
+    # control helper (11.13, 11.9): the audit-reading grant and the control-plane limits
+    "audit": Key(List(Str()), lambda: ["role:operator"], "who may read the audit log: entries as for the roles, "
+                 "plus role:viewer|operator|admin"),
+    "max_connections": Key(Int(min=1, max=100_000), 64, "control connections at once (root and the daemon's "
+                           "own user are not counted)"),
+    "max_connections_per_uid": Key(Int(min=1, max=100_000), 16),
+    "max_watchers": Key(Int(min=0, max=100_000), 32, "points.watch streams at once (per uid: a quarter)"),
+    "idle_timeout": Key(Duration(min=1), 300.0, "close a connection with no request for this long"),
+    "request_timeout": Key(Duration(min=0.1), 10.0, "close a connection that started a request and did not "
+                           "finish sending it within this"),
 })
 
 HISTORY_SCHEMA = Schema({

@@ -9,8 +9,12 @@ Nursery tree (outermost first), in the shape of hypercorn's trio runner::
 
 Each driver/connector instance runs under :class:`Runner`, which restarts it with
 backoff (1 s doubling to 60 s) when it raises and never disturbs the others.
-``READY=1`` goes to systemd only after every instance reported started (or the
-startup timeout passed) and the control socket listens.
+``READY=1`` goes to systemd only after every instance reported started or failed
+(or the startup timeout passed) and the control socket listens. An instance
+that failed to start (or is crash-looping) is named in the READY ``STATUS=``
+text (``degraded: driver X failed to start (...)``), in the ready log line
+(error level) and in ``gateway.status`` (``degraded``); STATUS is refreshed when
+it starts later.
 
 Shutdown (SIGTERM/SIGINT/``gateway.stop``): drivers and the RPC server stop
 first (nothing new is accepted); the recorder commits every event already
@@ -73,6 +77,7 @@ class Runner:
         self.scope = trio.CancelScope()
         self.ready = trio.Event()
         self.done = trio.Event()
+        self.start_failed = False  # the last attempt raised before reporting started
 
     def info(self) -> dict:
         d = {"id": self.id, "type": self.cfg.type, "enabled": self.cfg.enabled, "state": self.state,
@@ -104,13 +109,22 @@ class Runner:
                     await trio.sleep_forever()
                 while True:
                     t0 = trio.current_time()
+                    started = False
                     try:
                         self.instance = self._make()
                         async with trio.open_nursery() as n:
+                            started = False
                             await n.start(self.instance.run)
+                            started = True
+                            was_degraded = self.start_failed
+                            self.start_failed = False
                             self.state = "running"
                             self.started_at = time.time()
                             self.ready.set()
+                            if was_degraded:
+                                log.warning("%s %s started after %d failed attempt(s)", self.kind, self.id,
+                                            self.crashes, extra=fields)
+                                self.gw._status_changed()
                         self.state = "stopped"
                         log.warning("%s %s returned; restarting", self.kind, self.id, extra=fields)
                     except Exception as e:
@@ -118,9 +132,14 @@ class Runner:
                         leaf = _leaf(e)
                         self.last_error = f"{type(leaf).__name__}: {leaf}"
                         self.state = "backoff"
-                        self.ready.set()  # a crashing plugin must not hold READY back
-                        log.error("%s %s crashed (%s); restarting in %.0fs", self.kind, self.id,
-                                  self.last_error, backoff, exc_info=True, extra=fields)
+                        first_failure = not self.start_failed
+                        self.start_failed = self.start_failed or not started
+                        self.ready.set()  # a crashing plugin must not hold READY back; it is reported instead
+                        log.error("%s %s %s (%s); restarting in %.0fs", self.kind, self.id,
+                                  "crashed" if started else "failed to start", self.last_error, backoff,
+                                  exc_info=True, extra=fields)
+                        if first_failure or started:
+                            self.gw._status_changed()
                     if trio.current_time() - t0 > 60:
                         backoff = 1.0
                     await trio.sleep(backoff)
@@ -372,13 +391,42 @@ class Gateway:
         return r
 
     # ------------------------------------------------------------------ status
-    def _status_line(self) -> str:
+    def degraded(self) -> list[dict]:
+        """Driver/connector instances not running although enabled: failed to start, or crashed and
+        waiting to restart (``kind``, ``id``, ``state``, ``error``)."""
+        out = []
+        for kind, runners in (("driver", self.drivers), ("connector", self.connectors)):
+            for r in runners.values():
+                if r.state == "backoff" or (r.start_failed and r.state != "running"):
+                    out.append({"kind": kind, "id": r.id, "state": r.state, "error": r.last_error})
+        return out
+
+    def _degraded_text(self) -> str:
+        parts = []
+        for d in self.degraded():
+            r = (self.drivers if d["kind"] == "driver" else self.connectors).get(d["id"])
+            what = "failed to start" if r is not None and r.start_failed else "crashed, restarting"
+            parts.append(f"{d['kind']} {d['id']} {what} ({d['error']})")
+        return "; ".join(parts)
+
+    def _counts_line(self) -> str:
         counts: dict[str, int] = {}
         for p in self.points.points.values():
             counts[p.status] = counts.get(p.status, 0) + 1
         down = sum(1 for d in self.devices_down())
         return (f"{len(self.drivers)} drivers, {len(self.points.points)} points "
                 f"({counts.get('ok', 0)} ok), {down} devices down")
+
+    def _status_line(self) -> str:
+        """systemd's STATUS text: counts, prefixed by what is degraded (by name) if anything is."""
+        line = self._counts_line()
+        bad = self._degraded_text()
+        return f"degraded: {bad}; {line}" if bad else line
+
+    def _status_changed(self) -> None:
+        """An instance failed or recovered: refresh systemd's STATUS text (once READY was sent)."""
+        if self.ready.is_set() and not self.stopping.is_set():
+            self.notifier.status(self._status_line())
 
     def devices_down(self):
         return [d for d in self.points.devices.values() if d.conn_status == "down"]
@@ -390,7 +438,8 @@ class Gateway:
         return {
             "gateway": self.config.gateway.id, "version": __version__, "pid": os.getpid(),
             "config": self.config.path, "started": self.started, "uptime": time.time() - self.started,
-            "ready": self.ready.is_set(), "reloads": self.reloads, "last_reload_error": self.last_reload_error,
+            "ready": self.ready.is_set(), "degraded": self.degraded(),
+            "reloads": self.reloads, "last_reload_error": self.last_reload_error,
             "drivers": len(self.drivers), "connectors": len(self.connectors),
             "devices": len(self.points.devices), "devices_down": len(self.devices_down()),
             "points": len(self.points.points), "points_by_status": counts,
@@ -456,8 +505,13 @@ class Gateway:
                             log.warning("still starting after %.0fs: %s", START_TIMEOUT, ", ".join(slow))
                         self.ready.set()
                         self.notifier.ready(status=self._status_line())
-                        log.info("gatewayd %s ready: %s; control socket %s", __version__, self._status_line(),
-                                 cfg.control.socket)
+                        bad = self._degraded_text()
+                        if bad:
+                            log.error("gatewayd %s ready, DEGRADED: %s; %s; control socket %s", __version__, bad,
+                                      self._counts_line(), cfg.control.socket)
+                        else:
+                            log.info("gatewayd %s ready: %s; control socket %s", __version__, self._status_line(),
+                                     cfg.control.socket)
                         task_status.started(self)
                         await self.stopping.wait()
                         deadline = trio.current_time() + cfg.gateway.shutdown_grace
@@ -525,10 +579,13 @@ class Gateway:
         ctl = self.config.control
         d = os.path.dirname(os.path.abspath(ctl.socket))
         os.makedirs(d, exist_ok=True)
-        role_map = RoleMap.from_config(admin=ctl.admin, operator=ctl.operator, viewer=ctl.viewer)
+        role_map = RoleMap.from_config(admin=ctl.admin, operator=ctl.operator, viewer=ctl.viewer,
+                                       audit=getattr(ctl, "audit", ["role:operator"]))
         self.rpc = _RegistryHolder(self)
+        limits = {k: getattr(ctl, k) for k in ("max_connections", "max_connections_per_uid", "max_watchers",
+                                               "idle_timeout", "request_timeout") if hasattr(ctl, k)}
         await serve_unix(ctl.socket, self.rpc, role_map, mode=ctl.socket_mode, group=ctl.socket_group,
-                         max_request_bytes=ctl.max_request_bytes, task_status=task_status)
+                         max_request_bytes=ctl.max_request_bytes, task_status=task_status, **limits)
 
     async def _stale_loop(self) -> None:
         while True:

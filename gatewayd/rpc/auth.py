@@ -8,9 +8,17 @@ a :class:`~gatewayd.rpc.registry.Role` from the ``[control]`` lists::
     admin = ["group:gatewayd-admin"]
     operator = ["user:alice", "gid:27"]
     viewer = ["*"]
+    audit = ["role:operator", "group:auditors"]
 
 Group entries match the peer's primary gid and the supplementary groups of its
 user (``os.getgrouplist``, i.e. ``/etc/group`` and NSS, as at login).
+
+Besides its role, a peer may hold **grants**: permissions outside the
+viewer < operator < admin ladder. ``audit`` (reading the audit log, OpenCrate's
+ViewAudit) is the one there is: given by the ``[control] audit`` list, whose
+entries are those above plus ``role:viewer|operator|admin`` (everyone with at
+least that role). The default is ``["role:operator"]``; admins always hold it.
+A grant gives no access by itself: the peer still needs a role to connect.
 """
 
 from __future__ import annotations
@@ -23,9 +31,13 @@ import struct
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
-from .registry import Role
+from .registry import AUDIT, GRANTS, Role, default_grants
 
-__all__ = ["PeerCred", "peer_credentials", "RoleMap", "actor_name", "groups_of", "resolve_role"]
+__all__ = ["PeerCred", "peer_credentials", "RoleMap", "actor_name", "groups_of", "resolve_role", "resolve_grants",
+           "GRANTS", "AUDIT", "DEFAULT_AUDIT"]
+
+#: the default ``[control] audit`` list: operators and admins read the audit log
+DEFAULT_AUDIT = ("role:operator",)
 
 
 @dataclass(frozen=True)
@@ -77,31 +89,41 @@ class RoleMap:
     naming the entry.
     """
 
-    def __init__(self, admin: Iterable[str] = (), operator: Iterable[str] = (), viewer: Iterable[str] = ()) -> None:
+    def __init__(self, admin: Iterable[str] = (), operator: Iterable[str] = (), viewer: Iterable[str] = (),
+                 audit: Iterable[str] = DEFAULT_AUDIT) -> None:
         self.rules: list[tuple[Role, str, int | None]] = []
         for role, entries in ((Role.ADMIN, admin), (Role.OPERATOR, operator), (Role.VIEWER, viewer)):
             if isinstance(entries, str):
                 raise ValueError(f"[control] {role.label}: expected a list of entries, got the string {entries!r}")
             for e in entries:
-                self.rules.append((role, *self._parse(role, e)))
+                self.rules.append((role, *self._parse(role.label, e)))
+        if isinstance(audit, str):
+            raise ValueError(f"[control] audit: expected a list of entries, got the string {audit!r}")
+        self.audit_rules: list[tuple[str, int | None]] = [self._parse("audit", e, roles=True) for e in audit]
 
     @classmethod
     def from_config(cls, *, admin: Iterable[str] = (), operator: Iterable[str] = (),
-                    viewer: Iterable[str] = ()) -> "RoleMap":
-        """The map for the ``admin``/``operator``/``viewer`` lists of ``[control]``."""
-        return cls(admin, operator, viewer)
+                    viewer: Iterable[str] = (), audit: Iterable[str] = DEFAULT_AUDIT) -> "RoleMap":
+        """The map for the ``admin``/``operator``/``viewer``/``audit`` lists of ``[control]``."""
+        return cls(admin, operator, viewer, audit)
 
     @staticmethod
-    def _parse(role: Role, entry: str) -> tuple[str, int | None]:
-        where = f"[control] {role.label}"
+    def _parse(key: str, entry: str, *, roles: bool = False) -> tuple[str, int | None]:
+        where = f"[control] {key}"
         if not isinstance(entry, str):
             raise ValueError(f"{where}: entry {entry!r} must be a string")
         if entry.strip() == "*":
             return "*", None
         kind, sep, val = entry.partition(":")
         kind, val = kind.strip(), val.strip()
+        if roles and kind == "role" and sep:
+            try:
+                return "role", int(Role.parse(val))
+            except ValueError:
+                raise ValueError(f"{where}: {entry!r}: role must be viewer, operator or admin") from None
         if not sep or kind not in ("uid", "gid", "user", "group") or not val:
-            raise ValueError(f"{where}: {entry!r} must be uid:N, user:NAME, gid:N, group:NAME or *")
+            raise ValueError(f"{where}: {entry!r} must be uid:N, user:NAME, gid:N, group:NAME"
+                             + (", role:NAME" if roles else "") + " or *")
         if kind in ("uid", "gid"):
             if not val.isdigit():
                 raise ValueError(f"{where}: {entry!r}: {kind} needs a non-negative number")
@@ -131,11 +153,28 @@ class RoleMap:
                     best = role
         return best
 
+    def grants_for(self, uid: int, gid: int, role: Role | None) -> frozenset[str]:
+        """The grants (``{"audit"}`` or none) of a peer with these credentials and ``role``."""
+        if role is None:
+            return frozenset()
+        if role >= Role.ADMIN:
+            return GRANTS
+        groups: frozenset[int] | None = None
+        for kind, val in self.audit_rules:
+            if kind == "*" or (kind == "uid" and val == uid) or (kind == "role" and role >= val):
+                return frozenset((AUDIT,))
+            if kind == "gid":
+                if groups is None:
+                    groups = groups_of(uid, gid)
+                if val in groups:
+                    return frozenset((AUDIT,))
+        return frozenset()
+
     def __call__(self, cred: PeerCred) -> Role | None:
         return self.role_for(cred.uid, cred.gid)
 
     def __repr__(self) -> str:
-        return f"RoleMap({self.rules!r})"
+        return f"RoleMap({self.rules!r}, audit={self.audit_rules!r})"
 
 
 RoleResolver = Callable[[PeerCred], "Role | None"]
@@ -156,3 +195,14 @@ def resolve_role(role_map: object, cred: PeerCred) -> Role | None:
     else:
         raise TypeError(f"role_map must be a RoleMap or a callable, not {type(role_map).__name__}")
     return None if role is None else Role(role)
+
+
+def resolve_grants(role_map: object, cred: PeerCred, role: Role | None) -> frozenset[str]:
+    """The grants of a peer: ``role_map.grants_for(uid, gid, role)`` when it has one, else the
+    defaults (admin: all; operator: ``audit``; viewer: none), as ``[control] audit`` defaults to."""
+    if role is None:
+        return frozenset()
+    grants_for = getattr(role_map, "grants_for", None)
+    if grants_for is not None:
+        return frozenset(grants_for(cred.uid, cred.gid, role))
+    return default_grants(role)

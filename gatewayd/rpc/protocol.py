@@ -50,7 +50,8 @@ from typing import Any
 
 __all__ = [
     "RpcError", "PARSE_ERROR", "INVALID_REQUEST", "METHOD_NOT_FOUND", "INVALID_PARAMS", "INTERNAL_ERROR",
-    "PERMISSION_DENIED", "NOT_FOUND", "CONFLICT", "UNAVAILABLE", "Request", "parse_message", "assemble",
+    "PERMISSION_DENIED", "NOT_FOUND", "CONFLICT", "UNAVAILABLE", "LIMIT_EXCEEDED", "Request", "parse_message",
+    "assemble",
     "error_response", "result_response", "notification", "encode", "encode_response", "json_default",
     "LineReader", "RequestTooLarge", "NEED_DATA", "EOF",
 ]
@@ -64,6 +65,7 @@ PERMISSION_DENIED = -32001
 NOT_FOUND = -32002
 CONFLICT = -32003
 UNAVAILABLE = -32004
+LIMIT_EXCEEDED = -32005  # too many connections/watchers, a result page too large, a request too slow
 
 
 class RpcError(Exception):
@@ -86,6 +88,7 @@ class RpcError(Exception):
     NOT_FOUND = NOT_FOUND
     CONFLICT = CONFLICT
     UNAVAILABLE = UNAVAILABLE
+    LIMIT_EXCEEDED = LIMIT_EXCEEDED
 
     def __init__(self, code: int, message: str, data: Any = None) -> None:
         super().__init__(message)

@@ -4,8 +4,9 @@ A handler is ``async def handler(call: Call, **params)`` (or with positional
 params): ``registry.add("points.read", handler, role=Role.VIEWER)`` or the
 decorator ``@registry.method("points.read")``. Params bind by position or by
 name (see :mod:`gatewayd.rpc.binding`); a handler raises :class:`RpcError` for
-an answer the client should see, and any other exception becomes a short
--32603 error (the traceback goes to the log, never to the client).
+an answer the client should see, and any other exception becomes a -32603
+error carrying only a reference id: the exception text and traceback go to the
+log under that reference, never to the client.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import enum
 import inspect
 import logging
 import os
+import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
@@ -26,7 +28,7 @@ from .protocol import (INTERNAL_ERROR, INVALID_PARAMS, METHOD_NOT_FOUND, PERMISS
 
 log = logging.getLogger("gatewayd.rpc")
 
-__all__ = ["Role", "Call", "MethodRegistry", "Method"]
+__all__ = ["Role", "Call", "MethodRegistry", "Method", "AUDIT", "GRANTS", "default_grants"]
 
 _AUDIT_TIMEOUT = 10.0  # an audit store that hangs must not hold a shutdown forever
 
@@ -54,12 +56,28 @@ class Role(enum.IntEnum):
         return cls(value)
 
 
+AUDIT = "audit"
+#: every grant there is; admins hold them all
+GRANTS = frozenset((AUDIT,))
+
+
+def default_grants(role: Role | None) -> frozenset[str]:
+    """Grants a role has without a ``[control]`` list saying otherwise: admin all, operator ``audit``."""
+    if role is None:
+        return frozenset()
+    if role >= Role.ADMIN:
+        return GRANTS
+    return frozenset((AUDIT,)) if role >= Role.OPERATOR else frozenset()
+
+
 class Call:
     """What a handler gets as its first argument: who calls, and its connection.
 
-    ``role``, ``uid``, ``gid``, ``pid`` (peer credentials), ``actor``
-    (``"uid:1000(alice)"``, used in the audit), ``method`` (the name called),
-    ``request_id`` (None for a notification), ``mutating``.
+    ``role``, ``grants`` (permissions outside the role ladder, e.g.
+    ``{"audit"}``: see :mod:`gatewayd.rpc.auth`), ``uid``, ``gid``, ``pid``
+    (peer credentials), ``actor`` (``"uid:1000(alice)"``, used in the audit),
+    ``method`` (the name called), ``request_id`` (None for a notification),
+    ``mutating``.
 
     ``closed`` is a :class:`trio.Event` set when the client stops sending: it
     disconnected, or shut down its side of the socket. A streaming handler
@@ -76,9 +94,10 @@ class Call:
 
     def __init__(self, method: str, role: Role, uid: int, gid: int, pid: int, actor: str,
                  send: Callable[[dict], Awaitable[None]] | None = None, closed: trio.Event | None = None,
-                 *, request_id: Any = None) -> None:
+                 *, request_id: Any = None, grants: frozenset[str] | None = None) -> None:
         self.method = method
         self.role = Role(role)
+        self.grants = frozenset(grants) if grants is not None else default_grants(self.role)
         self.uid, self.gid, self.pid = uid, gid, pid
         self.actor = actor
         self.request_id = request_id
@@ -126,15 +145,24 @@ class Method:
     mutating: bool
     doc: str
     binder: Binder = field(repr=False)
+    grant: str | None = None
 
     @property
     def signature(self) -> inspect.Signature:
         return inspect.signature(self.func)
 
     def describe(self) -> dict:
-        """``{"name", "role", "mutating", "params", "doc"}`` as ``gateway.methods`` lists it."""
-        return {"name": self.name, "role": self.role.label, "mutating": self.mutating,
-                "params": self.binder.usage(), "doc": self.doc}
+        """``{"name", "role", "mutating", "params", "doc"}`` (+ ``"grant"`` when one is needed)
+        as ``gateway.methods`` lists it."""
+        d = {"name": self.name, "role": self.role.label, "mutating": self.mutating,
+             "params": self.binder.usage(), "doc": self.doc}
+        if self.grant:
+            d["grant"] = self.grant
+        return d
+
+    def allowed(self, role: Role, grants: frozenset[str] = frozenset()) -> bool:
+        """May a caller with ``role`` and ``grants`` call it?"""
+        return role >= self.role and (self.grant is None or self.grant in grants)
 
 
 _CLIENT_GONE = (trio.ClosedResourceError, trio.BrokenResourceError)
@@ -176,8 +204,11 @@ class MethodRegistry:
         return name in self.methods
 
     def add(self, name: str, func: Callable[..., Awaitable[Any]], *, role: Role = Role.VIEWER,
-            mutating: bool = False, doc: str | None = None) -> Method:
+            mutating: bool = False, doc: str | None = None, grant: str | None = None) -> Method:
         """Register ``func`` as method ``name`` callable by ``role`` and above.
+
+        ``grant`` (e.g. ``"audit"``): the caller needs that grant as well
+        (``[control] audit``; admins hold every grant).
 
         ``ValueError`` for a name that is empty, reserved (``rpc.*``) or taken;
         ``TypeError`` for a handler that is not an ``async def`` taking the
@@ -195,28 +226,32 @@ class MethodRegistry:
             raise TypeError(f"handler of RPC method {name!r} must be an async function")
         binder = Binder(name, func)
         text = doc if doc is not None else (inspect.getdoc(func) or "")
-        m = Method(name, func, Role(role), bool(mutating), text.strip().split("\n")[0], binder)
+        m = Method(name, func, Role(role), bool(mutating), text.strip().split("\n")[0], binder, grant)
         self.methods[name] = m
         return m
 
-    def method(self, name: str, *, role: Role = Role.VIEWER, mutating: bool = False, doc: str | None = None):
+    def method(self, name: str, *, role: Role = Role.VIEWER, mutating: bool = False, doc: str | None = None,
+               grant: str | None = None):
         """Decorator form of :meth:`add`::
 
             @registry.method("points.write", role=Role.OPERATOR, mutating=True)
             async def write(call, point: str, value, priority: int = 8): ...
         """
         def deco(func):
-            self.add(name, func, role=role, mutating=mutating, doc=doc)
+            self.add(name, func, role=role, mutating=mutating, doc=doc, grant=grant)
             return func
         return deco
 
-    def describe(self, role: Role) -> list[dict]:
-        """The methods ``role`` may call, sorted by name."""
-        return [m.describe() for m in sorted(self.methods.values(), key=lambda m: m.name) if m.role <= role]
+    def describe(self, role: Role, grants: frozenset[str] | None = None) -> list[dict]:
+        """The methods ``role`` (with ``grants``; None: the role's default grants) may call, by name."""
+        if grants is None:
+            grants = default_grants(role)
+        return [m.describe() for m in sorted(self.methods.values(), key=lambda m: m.name)
+                if m.allowed(role, grants)]
 
     async def _list_methods(self, call: Call) -> list[dict]:
         """Methods you may call: name, role, mutating, params, doc."""
-        return self.describe(call.role)
+        return self.describe(call.role, call.grants)
 
     async def dispatch(self, req: Request, call: Call) -> dict | None:
         """Run one request for ``call``; the response dict, or None.
@@ -246,6 +281,12 @@ class MethodRegistry:
         if call.role < m.role:
             err = RpcError(PERMISSION_DENIED, f"permission denied: {req.method} needs role {m.role.label}, "
                                               f"{call.actor} has {call.role.label}")
+            await self._audit(m, call, raw, err.message)
+            raise err
+        if m.grant is not None and m.grant not in call.grants:
+            err = RpcError(PERMISSION_DENIED, f"permission denied: {req.method} needs the {m.grant} role "
+                                              f"([control] {m.grant}); {call.actor} ({call.role.label}) "
+                                              "does not have it")
             await self._audit(m, call, raw, err.message)
             raise err
         try:
@@ -280,9 +321,12 @@ class MethodRegistry:
                 raise RpcError(INVALID_PARAMS, f"invalid params for {m.name}: {e}") from None
             if not isinstance(exc, Exception):
                 raise  # KeyboardInterrupt, SystemExit, or a group holding one
-            log.error("RPC method %s failed (called by %s)", m.name, call.actor, exc_info=exc)
-            outcome = f"{type(e).__name__}: {e}"
-            raise RpcError(INTERNAL_ERROR, f"internal error in {m.name}: {type(e).__name__}: {e}") from None
+            ref = secrets.token_hex(4)
+            log.error("RPC method %s failed (called by %s; reference %s)", m.name, call.actor, ref, exc_info=exc)
+            outcome = f"internal error {type(e).__name__} (reference {ref})"
+            # no exception text to the client: it may hold paths, values or internals; the log has it
+            raise RpcError(INTERNAL_ERROR, f"internal error in {m.name} (reference {ref}: the daemon's log "
+                                           "has the details)") from None
         finally:
             if m.mutating:
                 await self._audit(m, call, named, outcome)

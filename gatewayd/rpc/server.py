@@ -19,6 +19,17 @@ The thin I/O edge around :mod:`gatewayd.rpc.protocol`:
   -32600 error naming the limit, then the connection is closed (the stream
   cannot be resynchronised). Requests already received before it are answered
   first.
+* **Limits** (a local user must not be able to lock others out or stall the
+  loop). At most ``max_connections`` connections at once, and
+  ``max_connections_per_uid`` from one uid; root and the daemon's own uid have
+  a pool of ``max_connections`` of their own (without the per-uid limit), so
+  other users can never lock the admins out. A connection over a limit gets
+  one -32005 error saying which limit, and is closed at once (its descriptor is freed; refusals are logged at
+  most once a minute, with a count). A connection with no request in flight
+  that sends nothing for ``idle_timeout``, or that started a request and did
+  not finish it within ``request_timeout`` (slowloris), gets a -32005 error and
+  is closed; a client that does not read its answers for ``request_timeout``
+  is dropped. Method handlers do their heavy work off the trio thread.
 * **The client leaving.** When it stops sending (EOF), ``call.closed`` is set
   and ``call.notify`` raises: a streaming call ends and answers, and requests
   already received are still answered (``printf '...' | socat`` works). When
@@ -39,24 +50,89 @@ import os
 import secrets
 import select
 import stat
+import time
 from typing import Any
 
 import trio
 
-from .auth import actor_name, peer_credentials, resolve_role
-from .protocol import (EOF, NEED_DATA, PERMISSION_DENIED, LineReader, RequestTooLarge, RpcError, assemble, encode,
-                       encode_response, error_response, parse_message)
+from .auth import actor_name, peer_credentials, resolve_grants, resolve_role
+from .protocol import (EOF, LIMIT_EXCEEDED, NEED_DATA, PERMISSION_DENIED, LineReader, RequestTooLarge, RpcError,
+                       assemble, encode, encode_response, error_response, parse_message)
 from .registry import Call
 
 log = logging.getLogger("gatewayd.rpc")
 
-__all__ = ["serve_unix", "SocketInUse"]
+__all__ = ["serve_unix", "SocketInUse", "ConnectionLimits"]
 
 _SUN_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1 on Linux
 _RECEIVE_SIZE = 65536
 _BACKLOG = 64
 _QUEUED_LINES = 8
 _RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+_REFUSAL_SEND_TIMEOUT = 1.0
+_REFUSAL_LOG_EVERY = 60.0
+
+
+class ConnectionLimits:
+    """Counts open control connections (all, and per uid) and says which limit a new one breaks.
+
+    Root and the daemon's own uid ("privileged") are counted in a separate pool of the same size.
+    """
+
+    def __init__(self, max_connections: int = 64, max_per_uid: int = 16) -> None:
+        if max_connections < 1 or max_per_uid < 1:
+            raise ValueError("max_connections and max_connections_per_uid must be at least 1")
+        self.max_connections = max_connections
+        self.max_per_uid = max_per_uid
+        self.total = {False: 0, True: 0}
+        self.per_uid: dict[int, int] = {}
+        self.refused = 0
+        self._refused_unlogged = 0
+        self._last_log: float | None = None
+
+    @staticmethod
+    def privileged(uid: int) -> bool:
+        return uid == 0 or uid == os.geteuid()
+
+    def refusal(self, uid: int) -> str | None:
+        """Why a new connection of ``uid`` is refused, or None (then call :meth:`add`)."""
+        if not self.privileged(uid) and self.per_uid.get(uid, 0) >= self.max_per_uid:
+            return (f"too many control connections from uid {uid} ({self.max_per_uid} open; "
+                    "[control] max_connections_per_uid): close some and try again")
+        if self.total[self.privileged(uid)] >= self.max_connections:
+            return (f"too many control connections ({self.max_connections} open; [control] max_connections): "
+                    "try again later")
+        return None
+
+    def add(self, uid: int) -> None:
+        self.total[self.privileged(uid)] += 1
+        self.per_uid[uid] = self.per_uid.get(uid, 0) + 1
+
+    def remove(self, uid: int) -> None:
+        self.total[self.privileged(uid)] -= 1
+        n = self.per_uid.get(uid, 0) - 1
+        if n > 0:
+            self.per_uid[uid] = n
+        else:
+            self.per_uid.pop(uid, None)
+
+    def note_refused(self, uid: int, why: str) -> None:
+        """Count a refusal; log it at most once a minute (with how many there were)."""
+        self.refused += 1
+        self._refused_unlogged += 1
+        now = time.monotonic()
+        if self._last_log is None or now - self._last_log >= _REFUSAL_LOG_EVERY:
+            log.warning("control socket: refused %d connection(s) in the last %s; latest from uid %d: %s",
+                        self._refused_unlogged, "minute" if self._last_log is not None else "moment", uid, why)
+            self._refused_unlogged = 0
+            self._last_log = now
+
+
+class _Closing(RpcError):
+    """Answered with id null, then the connection is closed (idle, half-sent request)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(LIMIT_EXCEEDED, message)
 
 
 class SocketInUse(RuntimeError):
@@ -64,7 +140,9 @@ class SocketInUse(RuntimeError):
 
 
 async def serve_unix(path: str, registry: Any, role_map: Any, *, mode: int = 0o660, group: str | int | None = None,
-                     max_request_bytes: int = 1 << 20, task_status=trio.TASK_STATUS_IGNORED) -> None:
+                     max_request_bytes: int = 1 << 20, max_connections: int = 64, max_connections_per_uid: int = 16,
+                     max_watchers: int | None = None, idle_timeout: float = 300.0, request_timeout: float = 10.0,
+                     task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Serve ``registry`` on the Unix socket ``path`` until cancelled.
 
     ``registry`` is a :class:`~gatewayd.rpc.registry.MethodRegistry` (or
@@ -73,6 +151,9 @@ async def serve_unix(path: str, registry: Any, role_map: Any, *, mode: int = 0o6
     None`` (see :func:`~gatewayd.rpc.auth.resolve_role`). ``group`` is a group
     name or gid for the socket file (None: the process's). Calls
     ``task_status.started()`` once connections are accepted.
+    ``max_connections``, ``max_connections_per_uid``, ``idle_timeout`` and
+    ``request_timeout`` are the limits described in the module docstring
+    (``max_watchers`` is enforced by the method itself and ignored here).
 
     Raises, before listening: :class:`SocketInUse` (another gatewayd is
     running), ``FileNotFoundError`` (no parent directory), ``FileExistsError``
@@ -91,6 +172,10 @@ async def serve_unix(path: str, registry: Any, role_map: Any, *, mode: int = 0o6
     if not os.path.isdir(parent):
         raise FileNotFoundError(errno.ENOENT, f"directory of the control socket {path} does not exist "
                                 "(RuntimeDirectory= in the systemd unit creates /run/gatewayd)", parent)
+    if idle_timeout <= 0 or request_timeout <= 0:
+        raise ValueError("idle_timeout and request_timeout must be > 0")
+    limits = ConnectionLimits(max_connections, max_connections_per_uid)
+    timeouts = (idle_timeout, request_timeout)
     gid = _group_id(group)
     lock_fd = _lock(path)
     try:
@@ -102,6 +187,7 @@ async def serve_unix(path: str, registry: Any, role_map: Any, *, mode: int = 0o6
             listener = trio.SocketListener(sock)
             task_status.started()
             log.info("control socket listening on %s (mode %04o, gid %d)", path, mode, st.st_gid)
+            accept_errors, last_accept_log = 0, None
             async with trio.open_nursery() as nursery:
                 while True:
                     try:
@@ -109,15 +195,52 @@ async def serve_unix(path: str, registry: Any, role_map: Any, *, mode: int = 0o6
                     except OSError as e:
                         if e.errno not in _RESOURCE_ERRNOS:
                             raise
-                        log.error("control socket: cannot accept a connection: %s; retrying", e.strerror)
+                        # out of descriptors/memory: retry, but log once a minute, not ten times a second
+                        accept_errors += 1
+                        now = time.monotonic()
+                        if last_accept_log is None or now - last_accept_log >= _REFUSAL_LOG_EVERY:
+                            log.error("control socket: cannot accept connections: %s (%d time(s) since the last "
+                                      "report); retrying", e.strerror, accept_errors)
+                            accept_errors, last_accept_log = 0, now
                         await trio.sleep(0.1)
                         continue
-                    nursery.start_soon(_Connection(stream, registry, role_map, max_request_bytes).run)
+                    try:
+                        uid = peer_credentials(stream.socket).uid
+                    except OSError:  # the peer is already gone
+                        await stream.aclose()
+                        continue
+                    why = limits.refusal(uid)
+                    if why is not None:
+                        limits.note_refused(uid, why)
+                        nursery.start_soon(_refuse, stream, why)
+                        continue
+                    limits.add(uid)
+                    conn = _Connection(stream, registry, role_map, max_request_bytes, timeouts)
+                    nursery.start_soon(_run_counted, conn, limits, uid)
         finally:
             sock.close()
             _remove_if_ours(path, ours)
     finally:
         os.close(lock_fd)
+
+
+async def _refuse(stream: trio.SocketStream, why: str) -> None:
+    """One -32005 error (id null), then close; a peer that does not read cannot hold us."""
+    try:
+        with trio.move_on_after(_REFUSAL_SEND_TIMEOUT):
+            await stream.send_all(encode_response(error_response(RpcError(LIMIT_EXCEEDED, why))))
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        pass
+    finally:
+        with trio.CancelScope(shield=True):
+            await stream.aclose()
+
+
+async def _run_counted(conn: "_Connection", limits: ConnectionLimits, uid: int) -> None:
+    try:
+        await conn.run()
+    finally:
+        limits.remove(uid)
 
 
 def _group_id(group: str | int | None) -> int | None:
@@ -227,14 +350,19 @@ def _only_disconnects(e: BaseException) -> bool:
 class _Connection:
     """One client: a reader task feeding lines to the in-order request loop."""
 
-    def __init__(self, stream: trio.SocketStream, registry: Any, role_map: Any, cap: int) -> None:
+    def __init__(self, stream: trio.SocketStream, registry: Any, role_map: Any, cap: int,
+                 timeouts: tuple[float, float] = (300.0, 10.0)) -> None:
         self.stream = stream
+        self.idle_timeout, self.request_timeout = timeouts
+        self.last_activity = trio.current_time()
+        self.queued = 0  # lines received and not yet handled
         self.registry = registry
         self.role_map = role_map
         self.cap = cap
         self.closed = trio.Event()   # the client sends no more
         self.gone = False            # nothing can be sent to it any more
         self.current: Call | None = None
+        self.grants: frozenset[str] = frozenset()
         self.send_lock = trio.Lock()
         self.label = "control connection"
 
@@ -242,8 +370,11 @@ class _Connection:
         try:
             cred = peer_credentials(self.stream.socket)
             # NSS lookups (getpwuid, getgrouplist) may block: keep them off the trio thread
-            role, actor = await trio.to_thread.run_sync(lambda: (resolve_role(self.role_map, cred),
-                                                                 actor_name(cred.uid)))
+            def who():
+                role = resolve_role(self.role_map, cred)
+                return role, resolve_grants(self.role_map, cred, role), actor_name(cred.uid)
+
+            role, self.grants, actor = await trio.to_thread.run_sync(who)
             self.label = f"control connection of {actor} (pid {cred.pid})"
             if role is None:
                 log.warning("refused %s: no role for it in [control]", self.label)
@@ -257,11 +388,16 @@ class _Connection:
                 nursery.start_soon(self._reader, send_lines)
                 async with lines:
                     async for line in lines:
-                        if isinstance(line, RequestTooLarge):
-                            log.warning("%s: %s", self.label, line.message)
+                        if isinstance(line, RpcError):  # too large, idle, half-sent: answer, then close
+                            log_ = log.warning if isinstance(line, RequestTooLarge) else log.info
+                            log_("%s: %s", self.label, line.message)
                             await self._send_response(error_response(line))
                             break
-                        await self._handle(line, role, cred, actor)
+                        try:
+                            await self._handle(line, role, cred, actor)
+                        finally:
+                            self.queued -= 1
+                            self.last_activity = trio.current_time()
                 nursery.cancel_scope.cancel()
         except Exception as e:
             # one connection's trouble never reaches the listener: a client that left is normal
@@ -274,8 +410,20 @@ class _Connection:
             with trio.CancelScope(shield=True):
                 await self.stream.aclose()
 
+    def _deadline(self, partial_since: float | None) -> tuple[float, str | None]:
+        """When the wait for more input ends, and the reason to close then (None: look again)."""
+        if partial_since is not None:
+            return partial_since + self.request_timeout, (
+                f"request not completed within {self.request_timeout:g} s ([control] request_timeout); "
+                "closing the connection")
+        if self.current is not None or self.queued:
+            return trio.current_time() + self.idle_timeout, None  # busy: not idle
+        return self.last_activity + self.idle_timeout, (
+            f"no request for {self.idle_timeout:g} s ([control] idle_timeout); closing the idle connection")
+
     async def _reader(self, out: trio.MemorySendChannel) -> None:
         reader = LineReader(self.cap)
+        partial_since: float | None = None
         async with out:
             try:
                 while True:
@@ -285,13 +433,24 @@ class _Connection:
                         await out.send(e)
                         return
                     if line is NEED_DATA:
-                        data = await self.stream.receive_some(_RECEIVE_SIZE)
-                        reader.receive_data(data)
-                        if not data:
-                            self._client_done()
+                        if reader.buffered and partial_since is None:
+                            partial_since = trio.current_time()
+                        deadline, why = self._deadline(partial_since)
+                        with trio.move_on_at(deadline):
+                            data = await self.stream.receive_some(_RECEIVE_SIZE)
+                            self.last_activity = trio.current_time()
+                            reader.receive_data(data)
+                            if not data:
+                                self._client_done()
+                            continue
+                        if why is not None and (partial_since is not None or not (self.current or self.queued)):
+                            await out.send(_Closing(why))
+                            return
                         continue
                     if line is EOF:
                         return
+                    partial_since = None
+                    self.queued += 1
                     await out.send(line)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 self._client_gone()
@@ -315,10 +474,16 @@ class _Connection:
             raise trio.ClosedResourceError("the client has gone")
         async with self.send_lock:
             try:
-                await self.stream.send_all(data)
+                with trio.fail_after(max(self.request_timeout, 1.0)):
+                    await self.stream.send_all(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self._client_gone()
                 raise trio.ClosedResourceError("the client has gone") from None
+            except trio.TooSlowError:
+                log.info("%s: does not read its answers (nothing taken for %g s); dropping it", self.label,
+                         max(self.request_timeout, 1.0))
+                self._client_gone()
+                raise trio.ClosedResourceError("the client does not read its answers") from None
             except trio.Cancelled:
                 self.gone = True  # a cancelled send_all may have written part of a line: write nothing more
                 raise
@@ -342,7 +507,7 @@ class _Connection:
             if self.gone and not self._mutating(item.method):
                 continue  # nobody will see it, and it changes nothing
             call = Call(item.method, role, cred.uid, cred.gid, cred.pid, actor, self._send_notification,
-                        self.closed, request_id=item.id)
+                        self.closed, request_id=item.id, grants=self.grants)
             self.current = call
             try:
                 responses.append(await self.registry.dispatch(item, call))

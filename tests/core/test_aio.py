@@ -4,7 +4,6 @@ import asyncio
 import logging
 import socket
 import threading
-import time
 
 import pytest
 import trio
@@ -134,13 +133,13 @@ async def test_cancel_grace_bounds_a_coroutine_that_ignores_cancellation(caplog)
                 except asyncio.CancelledError:
                     continue
 
-        t0 = time.monotonic()
+        # bounded by cancel_grace, not by the coroutine (how long it takes is a figure: bench/aio.py)
         with trio.move_on_after(5) as outer:
             async with trio.open_nursery() as n:
                 n.start_soon(aio.run, stubborn)
                 await started.wait()
                 n.cancel_scope.cancel()
-        assert not outer.cancelled_caught and time.monotonic() - t0 < 2
+        assert not outer.cancelled_caught
     assert "stubborn did not finish within 0.2s of its cancellation" in caplog.text
     # shutdown did not hang either: the task is named and abandoned
     assert "ignored cancellation" in caplog.text and not aio.thread.is_alive()

@@ -132,3 +132,54 @@ def test_human_format():
     rec.DRIVER, rec.DEVICE = "mb1", "meter-1"
     line = HumanFormatter().format(rec)
     assert line.endswith(" INFO  gatewayd.modbus [mb1/meter-1] polled 3")
+
+
+def test_ready_names_an_instance_that_failed_to_start(tmp_path):
+    """READY comes once every instance started or failed; a failed one makes the STATUS text, the ready
+    log line and gateway.status say degraded, by name; its recovery clears it."""
+    import subprocess
+    import sys
+    import textwrap
+
+    from gatewayd.testing import DaemonProcess, site_toml
+
+    heal = tmp_path / "healed"
+    cfg = tmp_path / "gatewayd.toml"
+    cfg.write_text(site_toml(tmp_path, textwrap.dedent(f"""
+        [drivers.good]
+        type = "sim"
+        [drivers.good.devices.ahu-1]
+        model = "ahu"
+
+        [drivers.bacnet-main]
+        type = "fails_at_start"
+        plugin = "ext_plugins.fails_at_start"
+        heal_file = "{heal}"
+        """)))
+    env = {"PYTHONPATH": os.pathsep.join(sys.path)}
+    with DaemonProcess(str(cfg), env=env) as d:
+        msg = d.wait_for("READY=1")
+        status = next(line for line in msg.splitlines() if line.startswith("STATUS="))
+        assert status.startswith("STATUS=degraded: driver bacnet-main failed to start "
+                                 "(OSError: [Errno 98] cannot bind 0.0.0.0:47808: Address already in use)"), status
+        r = subprocess.run([sys.executable, "-m", "gatewayd.cli", "--socket", str(tmp_path / "var/gatewayd.sock"),
+                            "--json", "status"], capture_output=True, text=True, timeout=60,
+                           env={**os.environ, **env})
+        assert r.returncode == 0, r.stderr
+        import json
+
+        st = json.loads(r.stdout)
+        assert st["ready"] is True
+        assert st["degraded"] == [{"kind": "driver", "id": "bacnet-main", "state": "backoff",
+                                   "error": "OSError: [Errno 98] cannot bind 0.0.0.0:47808: Address already in use"}]
+        log = d.log()
+        ready_line = next(line for line in log.splitlines() if " ready" in line and "gatewayd" in line)
+        assert "DEGRADED" in ready_line and "driver bacnet-main failed to start" in ready_line, ready_line
+        # the port comes free: at its next restart the driver starts, and STATUS says so
+        heal.write_text("")
+        d.messages.clear()
+        msg = d.wait_for("STATUS=", timeout=20)
+        while "degraded" in msg:
+            d.messages.clear()
+            msg = d.wait_for("STATUS=", timeout=20)
+        assert "drivers" in msg

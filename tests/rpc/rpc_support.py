@@ -196,3 +196,144 @@ async def expect_silence(raw: Raw) -> None:
     """
     await raw.send('{"jsonrpc":"2.0","method":"get_data","id":"sentinel"}')
     assert await raw.recv() == {"jsonrpc": "2.0", "result": ["hello", 5], "id": "sentinel"}
+
+
+# ---------------------------------------------------------------- another uid
+
+NOBODY = 65534
+
+_AS_NOBODY = r"""
+import json, os, sys
+sys.path[:0] = json.loads(sys.argv[1])
+from gatewayd.rpc.client import RpcClient, RpcRemoteError, DaemonNotRunning  # imported while still root
+import socket, time
+os.setgroups([]); os.setgid(%(uid)d); os.setuid(%(uid)d)
+path, calls = sys.argv[2], json.loads(sys.argv[3])
+out = []
+for method, params in calls:
+    try:
+        c = RpcClient(path, timeout=20)
+        try:
+            out.append({"result": c.call(method, params)})
+        finally:
+            c.close()
+    except RpcRemoteError as e:
+        out.append({"error": e.message, "code": e.code})
+    except DaemonNotRunning as e:
+        out.append({"error": str(e), "code": None})
+print(json.dumps(out))
+"""
+
+
+def as_nobody(path: str, calls: list[tuple[str, dict]], uid: int = NOBODY) -> list[dict]:
+    """Call ``calls`` (method, params) over the socket at ``path`` from a process running as ``uid``
+    (we are root: the child drops to it with setuid after importing the client), one connection each.
+    Returns ``{"result": ...}`` or ``{"error": message, "code": code}`` per call."""
+    import json
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", _AS_NOBODY % {"uid": uid}, json.dumps(sys.path), path,
+                        json.dumps(calls)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def public_dir() -> str:
+    """A fresh directory any user can reach (pytest's tmp_path is root-only): for the control socket."""
+    import os
+    import tempfile
+
+    d = tempfile.mkdtemp(prefix="gwctl-", dir="/tmp")
+    os.chmod(d, 0o755)
+    return d
+
+
+_HOSTILE = r"""
+import json, os, select, socket, sys, time
+sys.path[:0] = json.loads(sys.argv[1])
+os.setgroups([]); os.setgid(%(uid)d); os.setuid(%(uid)d)
+path, spec = sys.argv[2], json.loads(sys.argv[3])
+socks, opened, failed = {}, 0, []
+def conn():
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.setblocking(False)
+    try:
+        s.connect(path)
+    except OSError as e:
+        failed.append(e.errno)
+        s.close()
+        return None
+    return s
+for kind in ("idle", "watch", "partial"):
+    socks[kind] = []
+    for i in range(spec.get(kind, 0)):
+        s = conn()
+        if s is None:
+            continue
+        if kind == "watch":
+            s.send(json.dumps({"jsonrpc": "2.0", "method": "points.watch", "params": {}, "id": i}).encode() + b"\n")
+        elif kind == "partial":
+            s.send(b'{"jsonrpc": "2.0", "method": "points.li')
+        socks[kind].append(s)
+print(json.dumps({"opened": {k: len(v) for k, v in socks.items()}, "failed": failed}), flush=True)
+sys.stdin.readline()  # the parent says when to look at what came back
+report = {}
+for kind, ss in socks.items():
+    got = []
+    # idle and half-sent ones: until the server closes them (unless told otherwise)
+    wait = spec.get("wait_" + kind, 0.5 if kind == "watch" else 8.0)
+    for s in ss:
+        data = b""
+        deadline = time.monotonic() + wait
+        while True:
+            r, _, _ = select.select([s], [], [], max(0.0, deadline - time.monotonic()))
+            if not r:
+                break
+            try:
+                chunk = s.recv(65536)
+            except OSError:
+                break
+            if not chunk:
+                data += b"<EOF>"
+                break
+            data += chunk
+        got.append(data.decode(errors="replace"))
+    report[kind] = got
+print(json.dumps(report), flush=True)
+"""
+
+
+class Hostile:
+    """A process running as ``uid`` holding control connections open: ``idle`` ones, ``watch`` ones
+    (a points.watch request sent) and ``partial`` ones (half a request line); ``wait_<kind>`` is how
+    long to wait for more from one such connection when reporting. ``opened`` says what it
+    managed to open; :meth:`report` returns, per kind, what each connection received (``<EOF>`` at the
+    end when the server closed it)."""
+
+    def __init__(self, path: str, uid: int = NOBODY, **spec: int) -> None:
+        import json
+        import subprocess
+        import sys
+
+        self.proc = subprocess.Popen([sys.executable, "-c", _HOSTILE % {"uid": uid}, json.dumps(sys.path), path,
+                                      json.dumps(spec)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        assert line, "the hostile process died"
+        self.opened = json.loads(line)
+
+    def report(self) -> dict:
+        import json
+
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+        out = json.loads(self.proc.stdout.readline())
+        self.close()
+        return out
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+        for f in (self.proc.stdin, self.proc.stdout):
+            f.close()

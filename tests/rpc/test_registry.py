@@ -176,9 +176,8 @@ async def test_dispatch_results_notifications_and_errors():
     assert await dispatch(reg, "group") == {"jsonrpc": "2.0", "id": 1, "error": {"code": -32003, "message": "busy"}}
     assert await dispatch(reg, "self_cancel") == {"jsonrpc": "2.0", "result": None, "id": 1}
     # a Call made in-process has no client to notify
-    assert await dispatch(reg, "notify_local") == {"jsonrpc": "2.0", "id": 1, "error": {
-        "code": -32603,
-        "message": "internal error in notify_local: ClosedResourceError: this call has no client connection to notify"}}
+    r = await dispatch(reg, "notify_local")
+    assert r["error"]["code"] == -32603 and r["error"]["message"].startswith("internal error in notify_local (reference ")
 
 
 async def test_audit_of_mutating_calls():
@@ -208,11 +207,13 @@ async def test_audit_of_mutating_calls():
     await dispatch(reg, "points.write", ["p"])
     await dispatch(reg, "points.write", ["p", 1], role=Role.VIEWER)
     await dispatch(reg, "points.read", ["p"])
-    assert log == [
+    crash = log[3]
+    assert crash[:4] == ("uid:1(tester)", "points.write", {"point": "crash", "value": 1}, False)
+    assert crash[4].startswith("internal error KeyError (reference ")  # the text is in the log only
+    assert log[:3] + log[4:] == [
         ("uid:1(tester)", "points.write", {"point": "p", "value": 3}, True, None),
         ("uid:1(tester)", "points.write", {"point": "p", "value": 4, "priority": 8}, True, None),
         ("uid:1(tester)", "points.write", {"point": "bad", "value": 1}, False, "unknown point 'bad'"),
-        ("uid:1(tester)", "points.write", {"point": "crash", "value": 1}, False, "KeyError: 'x'"),
         ("uid:1(tester)", "points.write", {"params": ["p"]}, False,
          "invalid params for points.write: missing a required argument: 'value'"),
         ("uid:1(tester)", "points.write", {"params": ["p", 1]}, False,
