@@ -215,3 +215,140 @@ async def rtu_bus():
         finally:
             n.cancel_scope.cancel()
     r.close()
+
+
+# --------------------------------------------------------------------------- a hand-written TCP slave
+
+
+class MiniSlave:
+    """A small Modbus TCP slave written here (trio, in the test's process, on loopback).
+
+    Independent of pymodbus and of the driver's framing, and configurable in the ways field
+    devices misbehave: ``max_registers`` (a larger read answers exception 03), ``busy`` (the next
+    N requests answer exception 06), ``fc22`` (False: mask write answers 01), ``hostile`` (a
+    function ``(tid, unit, pdu) -> bytes | None`` whose bytes are sent instead of the answer),
+    ``silent_units`` (requests applied, never answered), ``fifo`` (FC24 queues). Every request is logged in
+    ``log`` as ``(unit, function, address, count)``; ``served`` is set after each answer.
+    """
+
+    def __init__(self, units: dict, *, max_registers: int = 125, fc22: bool = True):
+        self.units = {int(u): {int(a): v for a, v in regs.items()} for u, regs in units.items()}
+        self.max_registers = max_registers
+        self.fc22 = fc22
+        self.busy = 0
+        self.hostile = None
+        self.silent_units: set[int] = set()
+        self.fifo: dict[int, list[int]] = {}
+        self.log: list[tuple] = []
+        self.port = None
+        self.listeners = []
+        self.streams: set = set()
+        self.answered = 0
+        self.connections = 0
+
+    async def serve(self, task_status=trio.TASK_STATUS_IGNORED):
+        self.listeners = await trio.open_tcp_listeners(self.port or 0, host="127.0.0.1")
+        self.port = self.listeners[0].socket.getsockname()[1]
+        task_status.started(self)
+        await trio.serve_listeners(self._conn, self.listeners)
+
+    async def _conn(self, stream):
+        self.connections += 1
+        self.streams.add(stream)
+        buf = b""
+        try:
+            while True:
+                data = await stream.receive_some(4096)
+                if not data:
+                    return
+                buf += data
+                while len(buf) >= 7:
+                    tid, _, length, unit = struct.unpack(">HHHB", buf[:7])
+                    if len(buf) < 6 + length:
+                        break
+                    pdu, buf = buf[7:6 + length], buf[6 + length:]
+                    out = self.answer(tid, unit, pdu)
+                    if out is not None:
+                        await stream.send_all(out)
+                    self.answered += 1
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            self.streams.discard(stream)
+
+    async def drop_connections(self):
+        for s in list(self.streams):
+            await s.aclose()
+
+    def answer(self, tid: int, unit: int, pdu: bytes) -> bytes | None:
+        fc = pdu[0]
+        addr, count = struct.unpack(">HH", pdu[1:5]) if len(pdu) >= 5 else (None, None)
+        self.log.append((unit, fc, addr, count))
+        if self.hostile is not None:
+            raw = self.hostile(tid, unit, pdu)
+            if raw is not None:
+                return raw
+        if unit not in self.units:
+            return None
+        if self.busy:
+            self.busy -= 1
+            resp = bytes([fc | 0x80, 6])
+        else:
+            resp = self.handle(self.units[unit], pdu)
+        if unit in self.silent_units:  # applied, never answered (a write may land all the same)
+            return None
+        return struct.pack(">HHHB", tid, 0, len(resp) + 1, unit) + resp
+
+    def handle(self, regs: dict, pdu: bytes) -> bytes:
+        fc = pdu[0]
+
+        def exc(code):
+            return bytes([fc | 0x80, code])
+
+        if fc in (3, 4):
+            addr, count = struct.unpack(">HH", pdu[1:5])
+            if count > self.max_registers:
+                return exc(3)
+            if any(a not in regs for a in range(addr, addr + count)):
+                return exc(2)
+            return bytes([fc, 2 * count]) + struct.pack(f">{count}H", *(regs[a] for a in range(addr, addr + count)))
+        if fc == 6:
+            addr, v = struct.unpack(">HH", pdu[1:5])
+            if addr not in regs:
+                return exc(2)
+            regs[addr] = v
+            return pdu[:5]
+        if fc == 16:
+            addr, count = struct.unpack(">HH", pdu[1:5])
+            vals = struct.unpack(f">{count}H", pdu[6:6 + 2 * count])
+            if any(a not in regs for a in range(addr, addr + count)):
+                return exc(2)
+            for i, v in enumerate(vals):
+                regs[addr + i] = v
+            return pdu[:5]
+        if fc == 22:
+            if not self.fc22:
+                return exc(1)
+            addr, and_m, or_m = struct.unpack(">HHH", pdu[1:7])
+            if addr not in regs:
+                return exc(2)
+            regs[addr] = (regs[addr] & and_m) | (or_m & ~and_m & 0xFFFF)
+            return pdu[:7]
+        if fc == 24:
+            (addr,) = struct.unpack(">H", pdu[1:3])
+            q = self.fifo.get(addr)
+            if q is None:
+                return exc(2)
+            return bytes([24]) + struct.pack(f">HH{len(q)}H", 2 + 2 * len(q), len(q), *q)
+        return exc(1)
+
+
+@pytest.fixture
+async def mini_slave_factory():
+    """``await make(units, **options)`` starts a :class:`MiniSlave`; all stop after the test."""
+    async with trio.open_nursery() as n:
+        async def make(units, **kw):
+            return await n.start(MiniSlave(units, **kw).serve)
+
+        yield make
+        n.cancel_scope.cancel()
