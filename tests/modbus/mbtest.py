@@ -247,10 +247,17 @@ class MiniSlave:
         self.connections = 0
 
     async def serve(self, task_status=trio.TASK_STATUS_IGNORED):
-        self.listeners = await trio.open_tcp_listeners(self.port or 0, host="127.0.0.1")
-        self.port = self.listeners[0].socket.getsockname()[1]
-        task_status.started(self)
-        await trio.serve_listeners(self._conn, self.listeners)
+        """Listen (on ``port`` when set, e.g. again after :meth:`stop`) until stopped or cancelled."""
+        with trio.CancelScope() as self._scope:
+            self.listeners = await trio.open_tcp_listeners(self.port or 0, host="127.0.0.1")
+            self.port = self.listeners[0].socket.getsockname()[1]
+            task_status.started(self)
+            await trio.serve_listeners(self._conn, self.listeners)
+
+    async def stop(self):
+        """Go away as a powered-off device does: stop listening and drop every connection."""
+        self._scope.cancel()
+        await self.drop_connections()
 
     async def _conn(self, stream):
         self.connections += 1

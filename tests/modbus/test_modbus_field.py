@@ -295,19 +295,16 @@ async def test_devices_behind_one_endpoint_recover_together_with_the_real_outage
             pts = gw.points.points
             await wait_until(gw, lambda: pts["u1/x"].status == "ok" and pts["u2/x"].status == "ok", timeout=15)
             sub = gw.bus.subscribe("test:outage", maxlen=100000)
-            n.cancel_scope.cancel()  # the endpoint goes away: connections closed, nothing listens
-            await slave.drop_connections()
+            await slave.stop()  # the endpoint goes away: connections closed, nothing listens
             await wait_until(gw, lambda: gw.points.devices["u1"].conn_status == "down"
                              and gw.points.devices["u2"].conn_status == "down", timeout=15)
-            async with trio.open_nursery() as n2:
-                await n2.start(slave.serve)   # back on the same port
-                # one request through the link (an operator's read) finds it back: both devices retry now,
-                # not after their 30 s backoff
-                await rpc(gw, "modbus.read_registers", {"device": "u1", "address": 0})
-                await wait_until(gw, lambda: gw.points.devices["u1"].conn_status == "ok"
-                                 and gw.points.devices["u2"].conn_status == "ok", timeout=10)
-                events = sub.get_nowait()
-                n2.cancel_scope.cancel()
+            await n.start(slave.serve)   # back on the same port
+            # one request through the link (an operator's read) finds it back: both devices retry now,
+            # not after their 30 s backoff
+            await rpc(gw, "modbus.read_registers", {"device": "u1", "address": 0})
+            await wait_until(gw, lambda: gw.points.devices["u1"].conn_status == "ok"
+                             and gw.points.devices["u2"].conn_status == "ok", timeout=10)
+            events = sub.get_nowait()
             first = {}
             for e in events:
                 if isinstance(e, DeviceStatusChanged) and e.status in ("fault", "down") and e.device not in first:
@@ -316,6 +313,7 @@ async def test_devices_behind_one_endpoint_recover_together_with_the_real_outage
             for dev in ("u1", "u2"):  # the outage printed is the real one: from the first failure
                 assert rec[dev].down_for == pytest.approx(rec[dev].ts - first[dev], abs=0.05)
             sub.close()
+        n.cancel_scope.cancel()
 
 
 # ----------------------------------------------------------------------------------- 12.6 messages
@@ -443,3 +441,28 @@ async def test_every_conn_state_value_is_reported(tmp_path, mini_slave_factory, 
     assert states == [("fault", "opening"), ("down", "closed"), ("ok", "open"),
                       ("ok", "closing"), ("ok", "closed")]  # the last two: the driver stopping
     assert {c for _, c in states} == {"closed", "opening", "open", "closing"}  # every value
+
+
+async def test_the_recovery_message_gives_the_whole_outage(tmp_path, monkeypatch, caplog):
+    import gatewayd.points as points_mod
+
+    monkeypatch.setattr(points_mod.DeviceHealth, "BASE", 0.3)    # failures at 0, 0.3, 0.9 s: down at the third
+    monkeypatch.setattr(points_mod.DeviceHealth, "DOWN_AFTER", 3)
+    slave = MiniSlave({1: {0: 1}})
+    async with trio.open_nursery() as n:
+        await n.start(slave.serve)
+        async with run_gateway(tmp_path, site(device("u1", slave.port, {"x": "address = 0"}))) as gw:
+            await wait_until(gw, lambda: gw.points.points["u1/x"].status == "ok", timeout=15)
+            sub = gw.bus.subscribe("test:outage", maxlen=100000)
+            stopped_at = gw.points.wall()
+            await slave.stop()
+            await wait_until(gw, lambda: gw.points.devices["u1"].conn_status == "down", timeout=15)
+            await n.start(slave.serve)
+            await wait_until(gw, lambda: gw.points.devices["u1"].conn_status == "ok", timeout=15)
+            events = sub.get_nowait()
+            sub.close()
+        n.cancel_scope.cancel()
+    rec = next(e for e in events if isinstance(e, DeviceRecovered))
+    # from the first failure (one poll interval after the stop), not from the moment it was declared down
+    assert rec.ts - stopped_at - 0.2 <= rec.down_for <= rec.ts - stopped_at
+    assert f"device u1 recovered after {rec.down_for:.0f}s" in caplog.text
