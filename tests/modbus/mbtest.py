@@ -227,7 +227,8 @@ class MiniSlave:
     devices misbehave: ``max_registers`` (a larger read answers exception 03), ``busy`` (the next
     N requests answer exception 06), ``fc22`` (False: mask write answers 01), ``hostile`` (a
     function ``(tid, unit, pdu) -> bytes | None`` whose bytes are sent instead of the answer),
-    ``silent_units`` (requests applied, never answered), ``fifo`` (FC24 queues). Every request is logged in
+    ``silent_units`` (requests applied, never answered), ``fifo`` (FC24 queues), ``delay`` (seconds
+    before each answer: a slow device). Every request is logged in
     ``log`` as ``(unit, function, address, count)``; ``served`` is set after each answer.
     """
 
@@ -245,6 +246,7 @@ class MiniSlave:
         self.streams: set = set()
         self.answered = 0
         self.connections = 0
+        self.delay = 0.0
 
     async def serve(self, task_status=trio.TASK_STATUS_IGNORED):
         """Listen (on ``port`` when set, e.g. again after :meth:`stop`) until stopped or cancelled."""
@@ -274,6 +276,8 @@ class MiniSlave:
                     if len(buf) < 6 + length:
                         break
                     pdu, buf = buf[7:6 + length], buf[6 + length:]
+                    if self.delay:
+                        await trio.sleep(self.delay)  # a slow device (RS-485 behind a gateway, a busy CPU)
                     out = self.answer(tid, unit, pdu)
                     if out is not None:
                         await stream.send_all(out)
@@ -359,3 +363,74 @@ async def mini_slave_factory():
 
         yield make
         n.cancel_scope.cancel()
+
+
+class SharedLine:
+    """A serial device server in transparent mode: every TCP connection feeds ONE RS-485 line.
+
+    Answers go to every connection (the server cannot know who asked). The line is
+    half-duplex: a frame arriving while an answer is still on the wire (``tx_time``) collides
+    with it; both are lost (the answer arrives with a broken CRC, the new request never
+    reaches a device). ``connections`` counts the TCP connections opened.
+    """
+
+    def __init__(self, responder: RtuResponder, tx_time: float = 0.02):
+        self.responder = responder
+        self.tx_time = tx_time
+        self.conns: set = set()
+        self.busy_until = 0.0
+        self.collided = False
+        self.connections = 0
+        self.collisions = 0
+        self.port = None
+
+    async def serve(self, task_status=trio.TASK_STATUS_IGNORED):
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+        task_status.started(self)
+        await trio.serve_listeners(self._conn, listeners)
+
+    async def _conn(self, stream):
+        self.connections += 1
+        self.conns.add(stream)
+        framer = FramerRTU(DecodePDU(True))
+        buf = b""
+        try:
+            while True:
+                data = await stream.receive_some(4096)
+                if not data:
+                    return
+                buf += data
+                while True:
+                    used, unit, _, frame = framer.decode(buf)
+                    if not used:
+                        break
+                    buf = buf[used:]
+                    if frame:
+                        await self._on_line(unit, frame)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            self.conns.discard(stream)
+
+    async def _on_line(self, unit: int, pdu: bytes):
+        now = trio.current_time()
+        if now < self.busy_until:  # the line is carrying an answer: both frames are destroyed
+            self.collided = True
+            self.collisions += 1
+            return
+        r = self.responder
+        r.requests += 1
+        if unit not in r.units:
+            return
+        out = r.framer.encode(r.handle(r.units[unit], pdu), unit, 0)
+        self.busy_until = now + self.tx_time
+        self.collided = False
+        await trio.sleep(self.tx_time)  # the answer's time on the wire
+        if self.collided:
+            out = out[:-1] + bytes([out[-1] ^ 0xFF])
+        for s in list(self.conns):
+            try:
+                await s.send_all(out)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass

@@ -185,6 +185,8 @@ async def test_two_bit_writes_to_one_register_without_fc22_both_land(tmp_path, m
         pts = gw.points.points
         await wait_until(gw, lambda: all(pts[f"m1/b{i}"].status == "ok" for i in range(4)), timeout=15)
 
+        slave.delay = 0.1  # a slow device: the four writes arrive while the first is still in progress
+
         async def write(i):
             await rpc(gw, "points.write", {"point": f"m1/b{i}", "value": True})
 
@@ -466,3 +468,38 @@ async def test_the_recovery_message_gives_the_whole_outage(tmp_path, monkeypatch
     # from the first failure (one poll interval after the stop), not from the moment it was declared down
     assert rec.ts - stopped_at - 0.2 <= rec.down_for <= rec.ts - stopped_at
     assert f"device u1 recovered after {rec.down_for:.0f}s" in caplog.text
+
+
+# ----------------------------------------------------------------------------------- 12.5 one serial line
+
+async def test_a_unit_scan_over_rtu_over_tcp_finds_every_unit_through_the_polling_link(tmp_path):
+    from mbtest import RtuResponder, SharedLine
+
+    responder = RtuResponder({1: {"holding": {0: 11}}, 2: {"holding": {0: 22}}, 5: {"holding": {0: 55}}})
+    line = SharedLine(responder)
+    async with trio.open_nursery() as n:
+        await n.start(line.serve)
+        body = f"""
+[drivers.mb]
+type = "modbus"
+transport = "rtu-over-tcp"
+host = "127.0.0.1"
+port = {line.port}
+poll_interval = "20ms"
+response_timeout_ms = 200
+[drivers.mb.devices.u1]
+unit = 1
+[drivers.mb.devices.u1.points.x]
+address = 0
+"""
+        async with run_gateway(tmp_path, body) as gw:
+            await wait_until(gw, lambda: gw.points.points["u1/x"].status == "ok", timeout=15)
+            link = gw.drivers["mb"].instance.links[f"rtu-over-tcp:127.0.0.1:{line.port}"]
+            n0 = link.requests
+            for _ in range(2):  # with the defaults (parallel = 8), while u1 is being polled
+                r = await rpc(gw, "discovery.scan", {"driver": "mb", "mode": "tcp", "transport": "rtu-over-tcp",
+                                                     "host": "127.0.0.1", "port": line.port, "units": "1-8"})
+                assert sorted(f["unit"] for f in r["found"]) == [1, 2, 5]
+            assert line.collisions == 0 and link.requests - n0 >= 16  # the scan queued on the polling link
+            assert gw.points.points["u1/x"].status == "ok"
+        n.cancel_scope.cancel()
