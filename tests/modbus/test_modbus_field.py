@@ -503,3 +503,83 @@ address = 0
             assert line.collisions == 0 and link.requests - n0 >= 16  # the scan queued on the polling link
             assert gw.points.points["u1/x"].status == "ok"
         n.cancel_scope.cancel()
+
+
+# ----------------------------------------------------------------------------------- C1 / C3 / 12.2 accept
+
+def test_write_range_is_the_register_types_raw_range():
+    from types import SimpleNamespace
+
+    from gatewayd_modbus.driver import ModbusDriver
+
+    def pt(**b):
+        return SimpleNamespace(binding={"table": "holding", "type": "uint16", "bit_offset": None, "bit_mask": None,
+                                        **b})
+
+    assert ModbusDriver.write_range(pt()) == (0, 65535)
+    assert ModbusDriver.write_range(pt(type="int16")) == (-32768, 32767)
+    assert ModbusDriver.write_range(pt(type="float32")) == (-3.4028234663852886e38, 3.4028234663852886e38)
+    assert ModbusDriver.write_range(pt(table="coil", type="bool")) == (None, None)
+    assert ModbusDriver.write_range(pt(bit_offset=3)) == (None, None)
+    assert ModbusDriver.write_range(pt(bit_mask=0x0F0)) == (0, 15)
+    assert ModbusDriver.write_range(pt(type="string", length=4)) == (None, None)
+
+
+async def test_write_errors_carry_the_contract_kinds(tmp_path, mini_slave_factory):
+    slave = await mini_slave_factory({1: {0: 1, 1: 2}})
+    points = {"w": "address = 1\nwritable = true", "gone": "address = 9\nwritable = true\ngroup = \"never\""}
+    body = site(device("m1", slave.port, points, 'poll_groups = { never = "1h" }'))
+    async with run_gateway(tmp_path, body) as gw:
+        await wait_until(gw, lambda: gw.points.points["m1/w"].status == "ok", timeout=15)
+        drv = gw.drivers["mb"].instance
+        cfg = drv.config.devices["m1"].points
+        from gatewayd.plugin import WriteError
+
+        with pytest.raises(WriteError) as ei:                     # the device says no: exception 02
+            await drv.write(cfg["gone"], 5)
+        assert ei.value.kind == "refused" and "the device refused the write: exception 02" in str(ei.value)
+        with pytest.raises(WriteError) as ei:                     # does not fit the register
+            await drv.write(cfg["w"], -1)
+        assert ei.value.kind == "encode" and "-1 is below the minimum 0 for this point" in str(ei.value)
+        slave.silent_units.add(1)
+        with pytest.raises(WriteError) as ei:                     # no answer: it may have been applied
+            await drv.write(cfg["w"], 9)
+        assert ei.value.kind == "timeout"
+        slave.silent_units.clear()
+        await slave.stop()
+        with pytest.raises(WriteError) as ei:                     # nothing listens: not written
+            await drv.write(cfg["w"], 9)
+        assert ei.value.kind == "transport" and "not written, the link is down: cannot connect" in str(ei.value)
+
+
+async def test_discovery_accept_restarts_the_driver_and_forgets_what_was_learned(tmp_path, mini_slave_factory):
+    slave = await mini_slave_factory({1: {0: 0, 1: 1, 5: 5}, 4: {0: 40}})
+    body = f"""
+[drivers.mb]
+type = "modbus"
+host = "127.0.0.1"
+port = {slave.port}
+poll_interval = "50ms"
+response_timeout_ms = 300
+[drivers.mb.devices.m1]
+unit = 1
+[drivers.mb.devices.m1.points.a]
+address = 0
+[drivers.mb.devices.m1.points.b]
+address = 1
+[drivers.mb.devices.m1.points.c]
+address = 5
+"""
+    async with run_gateway(tmp_path, body) as gw:
+        await wait_until(gw, lambda: gw.points.points["m1/c"].status == "ok", timeout=15)
+        drv = gw.drivers["mb"].instance
+        assert drv.devices["m1"].refused == [(2, 1, 2, 4)]
+        r = await rpc(gw, "discovery.scan", {"driver": "mb", "mode": "tcp", "host": "127.0.0.1",
+                                             "port": slave.port, "units": [4]})
+        assert [f["unit"] for f in r["found"]] == [4]
+        await rpc(gw, "discovery.accept", {"driver": "mb", "key": r["found"][0]["key"]})
+        new = gw.drivers["mb"].instance
+        assert new is not drv
+        await wait_until(gw, lambda: gw.points.points["m1/c"].status == "ok", timeout=15)
+        await cycles(new, "m1", 2)
+        assert new.devices["m1"].stats["splits"] == 1 and new.devices["m1"].refused == [(2, 1, 2, 4)]
