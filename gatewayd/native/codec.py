@@ -59,8 +59,10 @@ WIDTHS = {"bool": 1, "int16": 1, "uint16": 1, "int32": 2, "uint32": 2, "int64": 
 ORDERS = {"ABCD": lib.GW_O_ABCD, "CDAB": lib.GW_O_CDAB, "BADC": lib.GW_O_BADC, "DCBA": lib.GW_O_DCBA}
 FLOAT_RANGES = {"float32": (-3.4028234663852886e38, 3.4028234663852886e38),
                 "float64": (-1.7976931348623157e308, 1.7976931348623157e308)}
-RANGES = _RANGES = {"int16": (-(1 << 15), (1 << 15) - 1), "uint16": (0, (1 << 16) - 1), "int32": (-(1 << 31), (1 << 31) - 1),
-           "uint32": (0, (1 << 32) - 1), "int64": (-(1 << 63), (1 << 63) - 1), "uint64": (0, (1 << 64) - 1)}
+RANGES = {"int16": (-(1 << 15), (1 << 15) - 1), "uint16": (0, (1 << 16) - 1),
+          "int32": (-(1 << 31), (1 << 31) - 1), "uint32": (0, (1 << 32) - 1),
+          "int64": (-(1 << 63), (1 << 63) - 1), "uint64": (0, (1 << 64) - 1)}
+_RANGES = RANGES  # the raw range of each integer type (what a write can carry)
 
 # status values of decode_into (the C "kinds"); MISSING marks a point beyond a short payload
 _K_FLOAT, _K_INT, _K_BIGINT, _K_BOOL, _K_STRING = (lib.GW_K_FLOAT, lib.GW_K_INT, lib.GW_K_BIGINT, lib.GW_K_BOOL,
