@@ -838,7 +838,7 @@ class ModbusDriver(Driver):
         except ModbusException as e:
             if e.code in FAILING_CODES:
                 return None
-        except InvalidResponse:
+        except (InvalidResponse, DeviceBusy):
             pass  # something answered
         except (Timeout, TransportError):
             return None
@@ -847,7 +847,7 @@ class ModbusDriver(Driver):
             info.update(r["objects"])
         except ModbusException as e:
             info["identification"] = f"not supported ({e})"
-        except (InvalidResponse, Timeout, TransportError) as e:
+        except (InvalidResponse, Timeout, TransportError, DeviceBusy) as e:
             info["identification"] = f"no valid answer ({e})"
         model = info.get("model") or info.get("product_name") or info.get("product_code")
         prof, score = match_profile(info.get("vendor"), model)  # None below MATCH_THRESHOLD

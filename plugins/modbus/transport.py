@@ -135,13 +135,14 @@ class TcpLink(Link):
                         return _check(req, pdu, unit)
                     data = await self.stream.receive_some(65536)
                     if not data:
-                        raise TransportError(f"{self.host}:{self.port} closed the connection")
+                        raise TransportError(f"{self.host}:{self.port} closed the connection (the device restarted, "
+                                             "or allows fewer connections: check its connection limit)")
                     self.buf += data
             raise Timeout(f"no response within {timeout * 1000:.0f} ms")
         except ModbusException:
             raise  # a clean answer: the connection stays usable (ok is set)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
-            raise TransportError(f"{self.host}:{self.port}: {_oserror(e)}") from None
+            raise TransportError(f"connection to {self.host}:{self.port} lost: {_oserror(e)}") from None
         finally:
             if not ok:  # after a timeout, cancel or garbage the connection is out of step: reopen it
                 await self.close()
