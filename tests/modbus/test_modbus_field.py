@@ -582,3 +582,24 @@ address = 5
         await wait_until(gw, lambda: gw.points.points["m1/c"].status == "ok", timeout=15)
         await cycles(new, "m1", 2)
         assert new.devices["m1"].stats["splits"] == 1 and new.devices["m1"].refused == [(2, 1, 2, 4)]
+
+
+def test_connect_failures_say_refused_timed_out_or_no_route():
+    import errno
+    import socket
+
+    from gatewayd_modbus.transport import _connect_reason, connect
+
+    def trio_style(*errs):  # trio: OSError("all attempts to connect ... failed") caused by a group
+        e = OSError("all attempts to connect to h:502 failed")
+        e.__cause__ = ExceptionGroup("attempts", list(errs))
+        return e
+
+    assert _connect_reason(trio_style(OSError(errno.ECONNREFUSED, "x"))).startswith("connection refused")
+    assert _connect_reason(trio_style(OSError(errno.ETIMEDOUT, "x"))).startswith("connection timed out")
+    assert _connect_reason(trio_style(OSError(errno.EHOSTUNREACH, "x"))).startswith("no route to the host")
+    assert _connect_reason(trio_style(OSError(errno.ENETUNREACH, "x"))).startswith("no route to the network")
+    assert _connect_reason(socket.gaierror(-2, "Name or service not known")).startswith("the name does not resolve")
+    with pytest.raises(TransportError) as ei:   # and through a real socket: nothing listens there
+        trio.run(connect, "127.0.0.1", free_port(), 1.0)
+    assert str(ei.value).startswith("cannot connect to 127.0.0.1:") and "connection refused" in str(ei.value)
