@@ -550,7 +550,8 @@ class ModbusDriver(Driver):
         * 03 (illegal data value) to a read of several registers/bits is about the request *size*:
           the largest count the device accepts from the block's start is found by bisection and
           learned as the device's ``max_registers``/``max_bits``; the block's points are then read
-          in requests of that size.
+          in requests of that size. (A largest count below the block's widest point is no size
+          limit: the addresses are split as for 02.)
         * 02 (illegal data address), or 03 to a single-register read, is about *addresses*: the
           block's points are split in halves (recursively); a single point refused is learned as a
           refused range, and so is the gap between two halves that read fine on their own.
@@ -560,7 +561,9 @@ class ModbusDriver(Driver):
         members = sorted(b.members, key=lambda p: p.binding["address"])
         if code == 3 and b.count > 1:
             limit = await self._learn_size(d, b)
-            if limit:
+            # a limit below the block's widest point would leave that point unreadable for good:
+            # then the 03 is about that point's registers, not the request size
+            if limit and limit >= max(_width(p.binding) for p in members):
                 attr = "max_bits" if b.table <= 1 else "max_registers"
                 if limit < getattr(d, attr):
                     setattr(d, attr, limit)

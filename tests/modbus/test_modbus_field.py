@@ -603,3 +603,17 @@ def test_connect_failures_say_refused_timed_out_or_no_route():
     with pytest.raises(TransportError) as ei:   # and through a real socket: nothing listens there
         trio.run(connect, "127.0.0.1", free_port(), 1.0)
     assert str(ei.value).startswith("cannot connect to 127.0.0.1:") and "connection refused" in str(ei.value)
+
+
+async def test_a_size_limit_narrower_than_a_point_is_not_learned(tmp_path, mini_slave_factory):
+    # a slave that reads one register per request: a float32 point can never be read; learning
+    # "max_registers = 1" would stop every multi-register point of the device for good
+    slave = await mini_slave_factory({1: {0: 0x4049, 1: 0x0FDB, 5: 7}}, max_registers=1)
+    points = {"f": 'address = 0\ntype = "float32"', "u": "address = 5"}
+    async with run_gateway(tmp_path, site(device("m1", slave.port, points))) as gw:
+        pts = gw.points.points
+        await wait_until(gw, lambda: pts["m1/u"].status == "ok" and pts["m1/f"].status == "fault", timeout=15)
+        d = gw.drivers["mb"].instance.devices["m1"]
+        assert d.max_registers == 125 and d.refused == [(2, 1, 0, 1)]
+        assert pts["m1/f"].reason == ("refused by the device (exception 03, illegal data value): holding 0..1 "
+                                      "cannot be read")
