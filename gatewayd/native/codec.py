@@ -49,7 +49,7 @@ from typing import NamedTuple, Sequence
 from ._bindings import ffi, lib
 
 __all__ = ["PointSpec", "BlockDecoder", "EncodeError", "encode", "mask_write", "mask_write_at", "TYPES",
-           "ORDERS", "WIDTHS", "MISSING"]
+           "ORDERS", "WIDTHS", "MISSING", "RANGES", "FLOAT_RANGES"]
 
 TYPES = {"bool": lib.GW_T_BOOL, "int16": lib.GW_T_INT16, "uint16": lib.GW_T_UINT16, "int32": lib.GW_T_INT32,
          "uint32": lib.GW_T_UINT32, "int64": lib.GW_T_INT64, "uint64": lib.GW_T_UINT64,
@@ -57,8 +57,12 @@ TYPES = {"bool": lib.GW_T_BOOL, "int16": lib.GW_T_INT16, "uint16": lib.GW_T_UINT
 WIDTHS = {"bool": 1, "int16": 1, "uint16": 1, "int32": 2, "uint32": 2, "int64": 4, "uint64": 4, "float32": 2,
           "float64": 4}
 ORDERS = {"ABCD": lib.GW_O_ABCD, "CDAB": lib.GW_O_CDAB, "BADC": lib.GW_O_BADC, "DCBA": lib.GW_O_DCBA}
-_RANGES = {"int16": (-(1 << 15), (1 << 15) - 1), "uint16": (0, (1 << 16) - 1), "int32": (-(1 << 31), (1 << 31) - 1),
-           "uint32": (0, (1 << 32) - 1), "int64": (-(1 << 63), (1 << 63) - 1), "uint64": (0, (1 << 64) - 1)}
+FLOAT_RANGES = {"float32": (-3.4028234663852886e38, 3.4028234663852886e38),
+                "float64": (-1.7976931348623157e308, 1.7976931348623157e308)}
+RANGES = {"int16": (-(1 << 15), (1 << 15) - 1), "uint16": (0, (1 << 16) - 1),
+          "int32": (-(1 << 31), (1 << 31) - 1), "uint32": (0, (1 << 32) - 1),
+          "int64": (-(1 << 63), (1 << 63) - 1), "uint64": (0, (1 << 64) - 1)}
+_RANGES = RANGES  # the raw range of each integer type (what a write can carry)
 
 # status values of decode_into (the C "kinds"); MISSING marks a point beyond a short payload
 _K_FLOAT, _K_INT, _K_BIGINT, _K_BOOL, _K_STRING = (lib.GW_K_FLOAT, lib.GW_K_INT, lib.GW_K_BIGINT, lib.GW_K_BOOL,
@@ -177,7 +181,8 @@ class BlockDecoder:
             return [], b""
         size = len(payload)
         if self._strings and len(self._strbuf) < size:
-            self._strbuf.extend(bytes(size - len(self._strbuf)))
+            # a new buffer, never a resize: cffi still exports the old one (resizing it raises BufferError)
+            self._strbuf = bytearray(size)
             self._sp = ffi.from_buffer("uint8_t[]", self._strbuf)
         buf = payload if type(payload) is bytes else ffi.from_buffer("uint8_t[]", payload)
         lib.gw_decode(self._c, n, buf, size, self.bits, self._vp, self._ip, self._kp, self._sp)

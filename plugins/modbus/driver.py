@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from typing import Any
 
@@ -51,10 +52,38 @@ DEFAULTS = {"transport": None, "host": None, "port": 502, "serial_port": None, "
             "poll_interval": 1.0, "disconnect_between_polls": False, "write_multiple": False}
 
 FAILING_CODES = (10, 11)  # gateway path unavailable / target failed to respond: the device is unreachable
+BUSY_RETRIES = 3          # exception 05/06 (acknowledge / busy): asked again this many times ...
+BUSY_DELAY = 0.1          # ... after 0.1 s, 0.2 s, 0.4 s; never learned, never a refusal
+CRASH_BACKOFF_MAX = 60.0  # a device task that raised something unexpected restarts after 1 s doubling to 60 s
 
 
 class DeviceUnreachable(Exception):
+    """Exception 10/11 from a gateway: the device behind it did not answer (a failed cycle)."""
+
     kind = "exception"
+
+
+class DeviceBusy(Exception):
+    """The device stayed busy (exception 05/06) through every retry: a failed cycle, not a refusal."""
+
+    kind = "busy"
+
+
+def _reason(e: BaseException) -> str:
+    """One line for ``last_error``/the device's reason, saying what happened."""
+    if isinstance(e, Timeout):
+        return f"timeout: {e}"
+    if isinstance(e, InvalidResponse):
+        return f"invalid answer: {e}"
+    return str(e)
+
+
+def _learned_text(r: tuple) -> str:
+    """A learned fact as the operator reads it in the log (never a raw tuple)."""
+    if r[0] in ("max_registers", "max_bits"):
+        what = "registers" if r[0] == "max_registers" else "bits"
+        return f"at most {r[1]} {what} per request (exception 03 to a {r[2]}-{what[:-1]} read)"
+    return f"{TABLE_NAMES[r[0]]} {r[2]}..{r[3]} not readable"
 
 
 def _width(b: dict) -> int:
@@ -104,11 +133,23 @@ class Device:
         self.timeout = s["response_timeout_ms"] / 1000
         self.refused: list[tuple] = []
         self.max_registers = s["max_registers"]
+        self.max_bits = s["max_bits"]
         self.groups: list[_Group] = []
         self.replan = trio.Event()
+        self.failing_since: float | None = None  # wall clock of the first failure of the current outage
+        self.no_fc22 = False                     # learned from exception 01 to a mask write
+        self.rmw_locks: dict[int, trio.Lock] = {}
         self.stats = {"requests": 0, "cycles": 0, "failed_cycles": 0, "timeouts": 0, "transport_errors": 0,
-                      "invalid_responses": 0, "exceptions": 0, "short_responses": 0, "splits": 0, "retries": 0,
-                      "planned_requests": 0, "last_cycle_requests": 0, "last_error": None}
+                      "invalid_responses": 0, "exceptions": 0, "busy": 0, "short_responses": 0, "splits": 0,
+                      "retries": 0, "crashes": 0, "planned_requests": 0, "last_cycle_requests": 0,
+                      "last_error": None}
+
+    def register_lock(self, address: int) -> trio.Lock:
+        """The lock held across a read-modify-write (and every other write) of one holding register."""
+        lock = self.rmw_locks.get(address)
+        if lock is None:
+            lock = self.rmw_locks[address] = trio.Lock()
+        return lock
 
     def spec(self, p, offset: int) -> codec.PointSpec:
         b = p.binding
@@ -214,18 +255,22 @@ class ModbusDriver(Driver):
         d.refused = [tuple(r) for r in saved.get("ranges", [])]
         if saved.get("max_registers"):
             d.max_registers = min(d.max_registers, saved["max_registers"])
+        if saved.get("max_bits"):
+            d.max_bits = min(d.max_bits, saved["max_bits"])
 
     async def _save_learned(self, d: Device) -> None:
         mr = d.max_registers if d.max_registers < d.s["max_registers"] else None
+        mb = d.max_bits if d.max_bits < d.s["max_bits"] else None
         await self.ctx.kv_set(f"refused/{d.id}", {"fp": _fingerprint(d.cfg), "ranges": [list(r) for r in d.refused],
-                                                  "max_registers": mr})
+                                                  "max_registers": mr, "max_bits": mb})
         self._publish_info(d)
 
     def _publish_info(self, d: Device) -> None:
         self.sink.device_info(d.id, transport=d.link.name, unit=d.unit,
                               refused_ranges=[_range_dict(r) for r in d.refused],
                               learned_max_registers=d.max_registers if d.max_registers < d.s["max_registers"]
-                              else None, modbus=d.stats)
+                              else None,
+                              learned_max_bits=d.max_bits if d.max_bits < d.s["max_bits"] else None, modbus=d.stats)
 
     def refused_ranges(self, device_id: str) -> list[dict]:
         return [_range_dict(r) for r in self.devices[device_id].refused]
@@ -234,16 +279,18 @@ class ModbusDriver(Driver):
         d = self.devices[device_id]
         d.refused = []
         d.max_registers = d.s["max_registers"]
+        d.max_bits = d.s["max_bits"]
+        d.no_fc22 = False
         await self.ctx.kv_delete(f"refused/{device_id}")
         self._publish_info(d)
         d.replan.set()
 
     async def reloaded(self) -> None:
         """A reload that kept this instance (its configuration unchanged) forgets what was learned:
-        refused ranges and request-size limits are found again in the next cycles. (A changed
-        device configuration restarts the instance, which drops them by their fingerprint.)"""
+        refused ranges and request-size limits are found again in the next cycles. (A reload that
+        restarts the instance forgets them as the old instance stops: see :meth:`run`.)"""
         for d in self.devices.values():
-            if d.refused or d.max_registers < d.s["max_registers"]:
+            if d.refused or d.max_registers < d.s["max_registers"] or d.max_bits < d.s["max_bits"]:
                 self.ctx.device_log(d.id).info("reload: forgetting %d learned refused range(s) of %s",
                                                len(d.refused), d.id)
                 await self.clear_refused(d.id)
@@ -269,7 +316,7 @@ class ModbusDriver(Driver):
                 g.plan_input = planner.PlanInput(
                     [(TABLES[p.binding["table"]], d.unit, p.binding["address"], _width(p.binding)) for p in pts])
             plan = planner.plan(g.plan_input, max_gap=s["max_gap"], max_registers=d.max_registers,
-                                max_bits=s["max_bits"], forbidden=d.refused)
+                                max_bits=d.max_bits, forbidden=d.refused)
             for i, msg in plan.errors.items():
                 self.sink.fault(pts[i].id, f"not polled: {msg}")
             for blk in plan.blocks:
@@ -287,44 +334,136 @@ class ModbusDriver(Driver):
         if retries is None:
             retries = d.s["retry_count"] if self.sink.health(d.id).failures == 0 else 0
         throttle = d.s["throttle_delay_ms"] / 1000
-        for attempt in range(retries + 1):
+        attempt = busy = 0
+        while True:
             if throttle:
                 await trio.sleep(throttle)
             d.stats["requests"] += 1
             try:
                 return await d.link.request(d.unit if unit is None else unit, req, timeout or d.timeout)
-            except ModbusException:
-                d.stats["exceptions"] += 1
-                raise
+            except ModbusException as e:
+                if not e.is_busy:
+                    d.stats["exceptions"] += 1
+                    raise
+                d.stats["busy"] += 1
+                if busy == BUSY_RETRIES:
+                    raise DeviceBusy(f"the device stayed busy (exception {e.code:02d}, "
+                                     f"{pdu.EXCEPTION_TEXT[e.code]}) through {BUSY_RETRIES} retries") from None
+                await trio.sleep(BUSY_DELAY * 2 ** busy)  # the device asked for time: give it some
+                busy += 1
             except LINK_ERRORS as e:
                 key = {"timeout": "timeouts", "transport": "transport_errors", "invalid": "invalid_responses"}[e.kind]
                 d.stats[key] += 1
                 if attempt == retries:
                     raise
+                attempt += 1
                 d.stats["retries"] += 1
 
     async def _read_payload(self, d: Device, req: pdu.Request, **kw) -> bytes:
-        return pdu.read_payload(req, await self.transact(d, req, **kw))
+        """A read through :meth:`transact`, its answer checked strictly (a malformed one is counted)."""
+        resp = await self.transact(d, req, **kw)
+        try:
+            return pdu.read_payload(req, resp)
+        except InvalidResponse:
+            d.stats["invalid_responses"] += 1
+            raise
 
     # ------------------------------------------------------------------ run
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED):
+        """Poll every enabled device, each in its own task with its own crash boundary.
+
+        Learned state (refused ranges, request-size limits) is forgotten when a reload stops this
+        instance (a changed configuration, ``discovery.accept``): the next instance learns afresh.
+        A shutdown or a crash keeps it (it is tied to the device configuration's fingerprint)."""
         for d in self.devices.values():
             self._load_learned(d)
             self._plan(d)
             self._publish_info(d)
+            d.link.on_back.append(lambda d=d: self._link_back(d))
         task_status.started()
         try:
             async with trio.open_nursery() as n:
                 for d in self.devices.values():
                     if d.cfg.enabled:
-                        n.start_soon(self._device_loop, d, name=f"modbus:{self.config.id}:{d.id}")
+                        n.start_soon(self._device_task, d, name=f"modbus:{self.config.id}:{d.id}")
         finally:
-            for link in self.links.values():
-                with trio.CancelScope(shield=True):
+            cancelled = trio.current_effective_deadline() == float("-inf")
+            stopping = getattr(self.ctx.gateway, "stopping", None)
+            with trio.CancelScope(shield=True):
+                if cancelled and stopping is not None and not stopping.is_set():
+                    await self._forget_learned()  # stopped by a reload, not by a shutdown
+                self._conn_state("closing")
+                for link in self.links.values():
                     await link.close()
+                self._conn_state("closed")
+
+    def _conn_state(self, state: str) -> None:
+        """Report ``conn_state`` of every device as this instance stops (its status unchanged)."""
+        for d in self.devices.values():
+            ds = self.sink.health(d.id).state
+            if d.cfg.enabled and ds.conn_state != state:
+                self.sink.device_status(d.id, ds.conn_status, conn_state=state, reason=ds.reason)
+
+    async def _forget_learned(self) -> None:
+        for d in self.devices.values():
+            if self.ctx.kv_get(f"refused/{d.id}") is not None:
+                self.ctx.device_log(d.id).info("reload: forgetting what was learned about %s (%s)", d.id,
+                                               ", ".join(_learned_text(r) for r in d.refused) or "request limits")
+                await self.ctx.kv_delete(f"refused/{d.id}")
+
+    def _link_back(self, d: Device) -> None:
+        """The shared link answered again: a device waiting out its backoff retries now."""
+        if d.failing_since is not None:
+            for g in d.groups:
+                g.next_due = 0.0
+            d.replan.set()
+
+    async def _device_task(self, d: Device) -> None:
+        """The device's crash boundary: something unexpected in its loop (a driver bug, a decoder
+        surprise) is logged with its traceback and restarts this device's loop alone, after 1 s
+        doubling to 60 s; the other devices of the instance keep polling."""
+        log = self.ctx.device_log(d.id)
+        backoff = 1.0
+        while True:
+            t0 = trio.current_time()
+            try:
+                await self._device_loop(d)
+                return
+            except Exception as e:
+                d.stats["crashes"] += 1
+                reason = f"internal error: {type(e).__name__}: {e}"
+                d.stats["last_error"] = reason
+                log.error("polling %s failed unexpectedly (%s); restarting this device in %.0fs, the other "
+                          "devices keep polling", d.id, reason, backoff, exc_info=True)
+                self._failed(d, reason)
+            if trio.current_time() - t0 > CRASH_BACKOFF_MAX:
+                backoff = 1.0
+            await trio.sleep(backoff)
+            backoff = min(backoff * 2, CRASH_BACKOFF_MAX)
+            d.replan.set()
+
+    def _failed(self, d: Device, reason: str) -> float:
+        """A failed cycle: counted, shown at once (status ``fault`` with the reason until the device is
+        ``down``), the device's backoff delay returned."""
+        health = self.sink.health(d.id)
+        if d.failing_since is None:
+            d.failing_since = self.sink.now()
+        delay = health.failure(reason)
+        if not health.is_down:
+            self.sink.device_status(d.id, "fault", conn_state="opening",
+                                    reason=f"{reason} (failure {health.failures} of {health.down_after} before "
+                                           f"down; next attempt in {delay:.0f}s)")
+        return delay
+
+    def _succeeded(self, d: Device) -> None:
+        health = self.sink.health(d.id)
+        if d.failing_since is not None:
+            if health.is_down and health.state.down_since:
+                health.state.down_since = min(health.state.down_since, d.failing_since)  # the real outage
+            d.failing_since = None
+        health.success()
 
     async def _device_loop(self, d: Device) -> None:
-        health = self.sink.health(d.id)
         log = self.ctx.device_log(d.id)
         while True:
             if d.replan.is_set():
@@ -344,20 +483,20 @@ class ModbusDriver(Driver):
                 n0 = d.stats["requests"]
                 try:
                     learned = await self._poll_group(d, g)
-                except (*LINK_ERRORS, DeviceUnreachable) as e:
+                except (*LINK_ERRORS, DeviceUnreachable, DeviceBusy) as e:
+                    reason = _reason(e)
                     d.stats["failed_cycles"] += 1
-                    d.stats["last_error"] = f"{e.kind}: {e}"
-                    delay = health.failure(f"{e.kind}: {e}")
-                    log.debug("cycle failed (%s: %s), next attempt in %.1fs", e.kind, e, delay)
+                    d.stats["last_error"] = reason
+                    delay = self._failed(d, reason)
+                    log.debug("cycle failed (%s), next attempt in %.1fs", reason, delay)
                     break
                 finally:
                     d.stats["cycles"] += 1
                     d.stats["last_cycle_requests"] = d.stats["requests"] - n0
-                health.success()
+                self._succeeded(d)
                 if learned:
-                    log.warning("device refused %s; remembered (clear with modbus.clear_refused), re-planned",
-                                ", ".join(f"{TABLE_NAMES[r[0]]} {r[2]}..{r[3]}" if len(r) == 4 else str(r)
-                                          for r in learned))
+                    log.warning("learned about %s: %s; remembered (clear with modbus.clear_refused), re-planned",
+                                d.id, "; ".join(_learned_text(r) for r in learned))
                     await self._save_learned(d)
                     self._plan(d)
                 now = trio.current_time()
@@ -379,13 +518,13 @@ class ModbusDriver(Driver):
             try:
                 payload = await self._read_payload(d, b.req)
             except ModbusException as e:
-                if e.code in (2, 3):
-                    learned += await self._split(d, b, ts)
-                elif e.code in FAILING_CODES:
+                if e.code in FAILING_CODES:
                     raise DeviceUnreachable(str(e)) from None
+                if e.code in (2, 3):
+                    learned += await self._refused(d, b, e.code, ts)
                 else:
                     for pid in b.ids:
-                        self.sink.fault(pid, str(e))
+                        self.sink.fault(pid, f"the device answered {e}")
                 continue
             self._deliver(d, b.ids, b.decoder, payload, ts, b)
         return learned
@@ -405,115 +544,198 @@ class ModbusDriver(Driver):
             else:
                 update(pid, v, ts=ts)
 
-    async def _split(self, d: Device, b: _Block, ts: float) -> list:
-        """Exception 02/03 on a block: read its halves (recursively) in this same cycle.
+    async def _refused(self, d: Device, b: _Block, code: int, ts: float) -> list:
+        """Exception 02/03 to a block: find out why in this same cycle, without re-reading the block.
 
-        A single point refused is learned as a refused range (its registers); when two
-        halves read fine on their own, the refusal lay in the gap between them, which is
-        learned; with no gap between them the device refused the *size*: its largest
-        working request becomes the device's learned ``max_registers``.
+        * 03 (illegal data value) to a read of several registers/bits is about the request *size*:
+          the largest count the device accepts from the block's start is found by bisection and
+          learned as the device's ``max_registers``/``max_bits``; the block's points are then read
+          in requests of that size. (A largest count below the block's widest point is no size
+          limit: the addresses are split as for 02.)
+        * 02 (illegal data address), or 03 to a single-register read, is about *addresses*: the
+          block's points are split in halves (recursively); a single point refused is learned as a
+          refused range, and so is the gap between two halves that read fine on their own.
         """
         d.stats["splits"] += 1
-        t, u = b.table, d.unit
-        members = sorted(b.members, key=lambda p: p.binding["address"])
         learned: list = []
+        members = sorted(b.members, key=lambda p: p.binding["address"])
+        if code == 3 and b.count > 1:
+            limit = await self._learn_size(d, b)
+            # a limit below the block's widest point would leave that point unreadable for good:
+            # then the 03 is about that point's registers, not the request size
+            if limit and limit >= max(_width(p.binding) for p in members):
+                attr = "max_bits" if b.table <= 1 else "max_registers"
+                if limit < getattr(d, attr):
+                    setattr(d, attr, limit)
+                    learned.append((attr, limit, b.count))
+                for ms in _chunks(members, limit):
+                    await self._read_part(d, b, ms, ts, learned)
+                return self._remember(d, learned)
+        await self._split_addresses(d, b, members, code, ts, learned)
+        return self._remember(d, learned)
 
-        async def part(ms) -> bool:
-            start = ms[0].binding["address"]
-            end = max(p.binding["address"] + _width(p.binding) for p in ms)
-            if len(ms) > 1 or ms is not members:
-                req = pdu.read(t, start, end - start)
-                try:
-                    payload = await self._read_payload(d, req)
-                except ModbusException as e:
-                    if e.code in FAILING_CODES:
-                        raise DeviceUnreachable(str(e)) from None
-                    if e.code not in (2, 3) or len(ms) == 1:
-                        for p in ms:
-                            self.sink.fault(p.id, str(e))
-                        if e.code in (2, 3):
-                            learned.append((t, u, start, end - 1))
-                        return False
-                else:
-                    dec = codec.BlockDecoder([d.spec(p, p.binding["address"] - start) for p in ms], bits=t <= 1)
-                    self._deliver(d, [p.id for p in ms], dec, payload, ts, b)
-                    return True
-            k = len(ms) // 2
-            left, right = ms[:k], ms[k:]
-            ok_l = await part(left)
-            ok_r = await part(right)
-            if ok_l and ok_r:
-                gap_start = max(p.binding["address"] + _width(p.binding) for p in left)
-                gap_end = right[0].binding["address"] - 1
-                if gap_end >= gap_start:
-                    learned.append((t, u, gap_start, gap_end))
-                elif t >= 2:
-                    span = max(gap_start - left[0].binding["address"],
-                               max(p.binding["address"] + _width(p.binding) for p in right) - right[0].binding["address"])
-                    if span < d.max_registers:
-                        d.max_registers = max(1, span)
-                        learned.append(("max_registers", span))
-            return False
-
-        if len(members) == 1:  # the planner's block was one point: it is the refused range
-            p = members[0]
-            self.sink.fault(p.id, "refused by the device (exception 02/03)")
-            learned.append((t, u, p.binding["address"], p.binding["address"] + _width(p.binding) - 1))
-        else:
-            await part(members)  # the whole block just failed: split at once, without re-reading it
+    def _remember(self, d: Device, learned: list) -> list:
         for r in learned:
-            if len(r) == 4 and r not in d.refused:
+            if isinstance(r[0], int) and r not in d.refused:
                 d.refused.append(r)
         d.refused.sort()
         return learned
 
+    async def _learn_size(self, d: Device, b: _Block) -> int | None:
+        """The largest count read from ``b.start`` that the device accepts (bisection between 0 and
+        the refused ``b.count``); 0 when even one is refused; None when an answer was about
+        addresses (02), not size."""
+        lo, hi = 0, b.count
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            try:
+                await self._read_payload(d, pdu.read(b.table, b.start, mid))
+            except ModbusException as e:
+                if e.code in FAILING_CODES:
+                    raise DeviceUnreachable(str(e)) from None
+                if e.code != 3:
+                    return None
+                hi = mid
+                continue
+            lo = mid
+        return lo
+
+    async def _read_part(self, d: Device, b: _Block, ms: list, ts: float, learned: list) -> bool:
+        """Read the span of points ``ms``; on 02/03 split it by addresses. True when it read."""
+        t = b.table
+        start = ms[0].binding["address"]
+        end = max(p.binding["address"] + _width(p.binding) for p in ms)
+        try:
+            payload = await self._read_payload(d, pdu.read(t, start, end - start))
+        except ModbusException as e:
+            if e.code in FAILING_CODES:
+                raise DeviceUnreachable(str(e)) from None
+            if e.code not in (2, 3):
+                for p in ms:
+                    self.sink.fault(p.id, f"the device answered {e}")
+                return False
+            await self._split_addresses(d, b, ms, e.code, ts, learned)
+            return False
+        dec = codec.BlockDecoder([d.spec(p, p.binding["address"] - start) for p in ms], bits=t <= 1)
+        self._deliver(d, [p.id for p in ms], dec, payload, ts, b)
+        return True
+
+    async def _split_addresses(self, d: Device, b: _Block, ms: list, code: int, ts: float, learned: list) -> None:
+        """``ms`` was just refused as a whole (02/03): read its halves; learn holes (see :meth:`_refused`)."""
+        t, u = b.table, d.unit
+        if len(ms) == 1:
+            p = ms[0]
+            first, last = p.binding["address"], p.binding["address"] + _width(p.binding) - 1
+            self.sink.fault(p.id, f"refused by the device (exception {code:02d}, {pdu.EXCEPTION_TEXT[code]}): "
+                                  f"{TABLE_NAMES[t]} {first}..{last} cannot be read")
+            learned.append((t, u, first, last))
+            return
+        k = len(ms) // 2
+        left, right = ms[:k], ms[k:]
+        ok_l = await self._read_part(d, b, left, ts, learned)
+        ok_r = await self._read_part(d, b, right, ts, learned)
+        if ok_l and ok_r:  # each half reads: the refusal lay in the registers between them
+            gap_start = max(p.binding["address"] + _width(p.binding) for p in left)
+            gap_end = right[0].binding["address"] - 1
+            if gap_end >= gap_start:
+                learned.append((t, u, gap_start, gap_end))
+
     # ------------------------------------------------------------------ writes
+    @classmethod
+    def write_range(cls, point) -> tuple[float | None, float | None]:
+        """The raw values a write to ``point`` can carry (driver-value space, before the core's
+        scale/offset): the register type's range, a ``bit_mask`` field's range, or (None, None)
+        where no numeric range applies (coils, bits, strings, read-only tables)."""
+        b = point.binding
+        if b.get("table", "holding") != "holding":
+            return (None, None)
+        typ = b.get("type") or "uint16"
+        if b.get("bit_offset") is not None or typ in ("bool", "string"):
+            return (None, None)
+        if b.get("bit_mask") is not None:
+            mask = b["bit_mask"]
+            return (0, mask >> ((mask & -mask).bit_length() - 1))
+        return codec.RANGES.get(typ) or codec.FLOAT_RANGES.get(typ) or (None, None)
+
+    def _encode_message(self, point, value, e: codec.EncodeError) -> str:
+        """An encode error in the point's own units, the raw limit second (CONTRACTS C1)."""
+        lo, hi = self.write_range(point)
+        conv = getattr(point, "convert", None)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or lo is None or conv:
+            return f"{point.id}: {e}"
+        scale, offset = getattr(point, "scale", 1.0), getattr(point, "offset", 0.0) + getattr(point, "calibration", 0.0)
+
+        def units(raw):
+            v = raw * scale + offset
+            return f"{v:g}" + (f" {point.unit}" if getattr(point, "unit", None) else "")
+
+        plo, phi = sorted((lo * scale + offset, hi * scale + offset))
+        typed = units(value)
+        if value > hi:
+            bound, limit = ("maximum", phi) if scale > 0 else ("minimum", plo)
+            raw = hi
+        elif value < lo:
+            bound, limit = ("minimum", plo) if scale > 0 else ("maximum", phi)
+            raw = lo
+        else:
+            return f"{point.id}: {e}"
+        side = "above" if bound == "maximum" else "below"
+        lim = f"{limit:g}" + (f" {point.unit}" if getattr(point, "unit", None) else "")
+        return f"{point.id}: {typed} is {side} the {bound} {lim} for this point (raw register limit {raw:g})"
+
     async def write(self, point, value):
+        """Write ``value`` (driver units) to the point's register(s), then read it back.
+
+        Failures raise :class:`WriteError` with the kinds of CONTRACTS C3: ``refused`` (the device
+        answered an exception), ``encode`` (the value does not fit the register), ``timeout`` (no or
+        no valid answer: the device may have applied it), ``transport`` (the link is down or the
+        device stayed busy: nothing was applied)."""
         d = self.devices[point.device]
         b = point.binding
         table = TABLES[b["table"]]
         spec = d.spec(point, 0)
         try:
             if table in (1, 3):
-                raise WriteError(f"{point.id} is a {b['table']} point: read-only", kind="encode")
+                raise WriteError(f"{point.id} is a {b['table']} point: read-only", kind="invalid")
             if table == 2 and (b["bit_offset"] is not None or b["bit_mask"] is not None):
                 # the field's register: not always the first one for 32/64-bit points (and word orders)
                 reg_off, and_mask, or_mask = codec.mask_write_at(spec, value)
                 address = b["address"] + reg_off
-                try:
-                    await self.transact(d, pdu.mask_write(address, and_mask, or_mask), retries=0)
-                except ModbusException as e:
-                    if e.code != 1:
-                        raise
-                    # no FC22 on this device: read-modify-write with FC3 + FC6
-                    cur = await self._read_payload(d, pdu.read(2, address, 1), retries=0)
-                    reg = int.from_bytes(cur[:2], "big")
-                    new = (reg & and_mask) | (or_mask & ~and_mask & 0xFFFF)
-                    await self.transact(d, pdu.write(2, address, [new], multiple=d.s["write_multiple"]),
-                                        retries=0)
+                async with d.register_lock(address):  # FC22 and its read-modify-write fallback, one at a time
+                    await self._mask_write(d, address, and_mask, or_mask)
             else:
                 if table == 0:
                     regs = [bool(value)]
                 else:
-                    if isinstance(value, float) and not spec.type.startswith("float") and spec.type != "string":
+                    if (isinstance(value, float) and math.isfinite(value) and not spec.type.startswith("float")
+                            and spec.type != "string"):
                         value = int(round(value))
                     regs = codec.encode(spec, value)
                 req = pdu.write(table, b["address"], regs, multiple=d.s["write_multiple"])
-                resp = await self.transact(d, req, retries=0)
+                async with d.register_lock(b["address"]) if table == 2 else _nolock():
+                    resp = await self.transact(d, req, retries=0)
                 if resp is not None:
                     pdu.check_echo(req, resp)
         except codec.EncodeError as e:
-            raise WriteError(f"{point.id}: {e}", kind="encode") from None
+            raise WriteError(self._encode_message(point, value, e), kind="encode") from None
         except ModbusException as e:
-            raise WriteError(f"{point.id}: the device answered {e}", kind="exception") from None
-        except LINK_ERRORS as e:
-            raise WriteError(f"{point.id}: {e.kind}: {e}", kind=e.kind) from None
+            raise WriteError(f"{point.id}: the device refused the write: {e}", kind="refused") from None
+        except Timeout as e:
+            raise WriteError(f"{point.id}: no answer from the device ({e}); it may have applied the write: "
+                             "read the point back to check", kind="timeout") from None
+        except InvalidResponse as e:
+            raise WriteError(f"{point.id}: the device's answer was not valid ({e}); it may have applied the "
+                             "write: read the point back to check", kind="timeout") from None
+        except TransportError as e:
+            raise WriteError(f"{point.id}: not written, the link is down: {e}", kind="transport") from None
+        except DeviceBusy as e:
+            raise WriteError(f"{point.id}: not written, {e}", kind="transport") from None
         # read back; if that fails keep the written value and say so
         log = self.ctx.device_log(d.id)
         try:
             payload = await self._read_payload(d, pdu.read(table, b["address"], _width(b)))
             got = codec.BlockDecoder([spec], bits=table <= 1).decode(payload)[0]
-        except (ModbusException, *LINK_ERRORS) as e:
+        except (ModbusException, DeviceBusy, *LINK_ERRORS) as e:
             log.warning("read-back of %s failed after the write (%s); keeping the written value %r",
                         point.id, e, value)
             return value
@@ -522,6 +744,31 @@ class ModbusDriver(Driver):
             log.warning("read-back of %s after writing %r gave %r (the device keeps its own value)",
                         point.id, value, got)
         return got
+
+    async def _mask_write(self, d: Device, address: int, and_mask: int, or_mask: int) -> None:
+        """FC22, or FC3 + FC6 read-modify-write on a device without FC22 (the caller holds the
+        register's lock, so two bit writes to one register cannot undo each other)."""
+        if not d.no_fc22:
+            req = pdu.mask_write(address, and_mask, or_mask)
+            try:
+                resp = await self.transact(d, req, retries=0)
+            except ModbusException as e:
+                if e.code != 1:
+                    raise
+                d.no_fc22 = True  # "illegal function": this device has no FC22
+            else:
+                if resp is not None:
+                    pdu.check_echo(req, resp)
+                return
+        cur = await self._read_payload(d, pdu.read(2, address, 1), retries=0)
+        if len(cur) < 2:
+            raise InvalidResponse(f"read of register {address} before the masked write returned no register")
+        reg = int.from_bytes(cur[:2], "big")
+        new = (reg & and_mask) | (or_mask & ~and_mask & 0xFFFF)
+        req = pdu.write(2, address, [new], multiple=d.s["write_multiple"])
+        resp = await self.transact(d, req, retries=0)
+        if resp is not None:
+            pdu.check_echo(req, resp)
 
     # ------------------------------------------------------------------ diagnostics (RPC)
     def device(self, device_id: str) -> Device:
@@ -594,7 +841,7 @@ class ModbusDriver(Driver):
         except ModbusException as e:
             if e.code in FAILING_CODES:
                 return None
-        except InvalidResponse:
+        except (InvalidResponse, DeviceBusy):
             pass  # something answered
         except (Timeout, TransportError):
             return None
@@ -603,11 +850,11 @@ class ModbusDriver(Driver):
             info.update(r["objects"])
         except ModbusException as e:
             info["identification"] = f"not supported ({e})"
-        except (InvalidResponse, Timeout, TransportError) as e:
+        except (InvalidResponse, Timeout, TransportError, DeviceBusy) as e:
             info["identification"] = f"no valid answer ({e})"
         model = info.get("model") or info.get("product_name") or info.get("product_code")
-        prof, score = match_profile(info.get("vendor"), model)
-        if prof and score >= 0.5:
+        prof, score = match_profile(info.get("vendor"), model)  # None below MATCH_THRESHOLD
+        if prof:
             info["profile"], info["profile_score"] = prof, score
         return info
 
@@ -618,8 +865,11 @@ class ModbusDriver(Driver):
 
         * ``mode="configured"``: every configured device: presence + FC43 vendor/product/revision.
         * ``mode="tcp"``: probe ``host:port`` for ``units`` (e.g. "1-247"), 1 s timeout, no retries,
-          ``parallel`` connections at most (``transport="rtu-over-tcp"`` for serial device servers).
-        * ``mode="rtu"``: probe ``units`` on the bus of configured ``device`` (requests interleave with polling).
+          ``parallel`` connections at most. ``transport="rtu-over-tcp"`` (serial device servers):
+          one probe at a time on one connection (the serial line behind it carries one transaction at
+          a time), through the polling link of that endpoint when one is configured.
+        * ``mode="rtu"``: probe ``units`` on the bus of configured ``device``, queued one at a time
+          through the bus's link between polling requests.
         """
         timeout = timeout_ms / 1000
         found, probed = [], 0
@@ -639,9 +889,18 @@ class ModbusDriver(Driver):
         if mode == "tcp":
             if not host:
                 raise ValueError("mode tcp needs host")
+            if transport not in ("tcp", "rtu-over-tcp"):
+                raise ValueError(f"mode tcp takes transport tcp or rtu-over-tcp, not {transport!r}")
             s = {**DEFAULTS, "transport": transport, "host": host, "port": port}
-            links = [TcpLink(host, port) if transport == "tcp" else RtuStreamLink(host, port)
-                     for _ in range(max(1, min(parallel, 32, len(unit_list))))]
+            if transport == "tcp":  # Modbus TCP: the endpoint takes parallel connections
+                links = [TcpLink(host, port) for _ in range(max(1, min(parallel, 32, len(unit_list))))]
+                owned = links
+            else:
+                # one serial line behind the device server: one transaction at a time, through the link
+                # that polls it when one is configured (probes queue between the polls)
+                shared = self.links.get(f"rtu-over-tcp:{host}:{port}")
+                links = [shared or RtuStreamLink(host, port)]
+                owned = [] if shared else links
             probes = [Device(_Probe(f"probe-{i}"), s, link) for i, link in enumerate(links)]
             todo = list(unit_list)
             results: dict[int, dict] = {}
@@ -661,8 +920,9 @@ class ModbusDriver(Driver):
             finally:
                 for pd in probes:
                     self.devices.pop(pd.id, None)
+                for link in owned:
                     with trio.CancelScope(shield=True):
-                        await pd.link.close()
+                        await link.close()
             probed = len(unit_list)
         elif mode == "rtu":
             if device is None:
@@ -747,8 +1007,30 @@ class _Probe:
         self.enabled = True
 
 
+class _nolock:
+    """A no-op async context manager (coil writes share no register)."""
+
+    async def __aenter__(self):
+        return None
+
+    async def __aexit__(self, *exc):
+        return False
+
+
 def _slug(s: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", s.lower()).strip("-") or "modbus"
+
+
+def _chunks(members: list, limit: int) -> list[list]:
+    """Consecutive points (sorted by address) grouped so that each group's span fits ``limit``."""
+    out: list[list] = []
+    for p in members:
+        end = p.binding["address"] + _width(p.binding)
+        if out and end - out[-1][0].binding["address"] <= limit:
+            out[-1].append(p)
+        else:
+            out.append([p])
+    return out
 
 
 def _parse_units(units) -> list[int]:

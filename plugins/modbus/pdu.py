@@ -3,7 +3,7 @@
 pymodbus changes APIs inside 3.x (pinned to 3.16 in pyproject.toml); keeping it behind
 this module means an upgrade touches one file. Requests are built by pymodbus's request
 classes and handed to the transports as plain PDU bytes (function code + data): the TCP
-transport wraps them with pymodbus's MBAP framer, the RTU transports with the native
+transport wraps them with the strict MBAP framing below, the RTU transports with the native
 ``rtu.frame`` (CRC in C). Read responses are not decoded into Python lists here: the
 raw register bytes go straight to the native block decoder.
 """
@@ -14,7 +14,6 @@ import logging
 import struct
 from typing import NamedTuple
 
-from pymodbus.framer import FramerSocket
 from pymodbus.pdu import DecodePDU
 from pymodbus.pdu.bit_message import (ReadCoilsRequest, ReadDiscreteInputsRequest, WriteMultipleCoilsRequest,
                                       WriteSingleCoilRequest)
@@ -45,14 +44,34 @@ _READ = {0: ReadCoilsRequest, 1: ReadDiscreteInputsRequest, 2: ReadHoldingRegist
 
 
 class ModbusException(Exception):
-    """The device answered with a Modbus exception (a clean answer: the link stays usable)."""
+    """The device answered with a Modbus exception (a clean answer: the link stays usable).
+
+    ``unit`` (when known) lets the message name the unit id for the gateway codes 10/11."""
 
     kind = "exception"
 
-    def __init__(self, function: int, code: int) -> None:
-        super().__init__(f"exception {code:02d} ({EXCEPTION_TEXT.get(code, 'unknown')}) to function {function}")
+    def __init__(self, function: int, code: int, unit: int | None = None) -> None:
+        text = f"exception {code:02d} ({EXCEPTION_TEXT.get(code, 'unknown')}) to function {function}"
+        hint = _EXCEPTION_HINT.get(code)
+        if hint:
+            text += ": " + hint.format(unit=unit if unit is not None else "N")
+        super().__init__(text)
         self.function = function
         self.code = code
+        self.unit = unit
+
+    @property
+    def is_busy(self) -> bool:
+        """Exception 05/06: the device is working on something else; ask again later (not a refusal)."""
+        return self.code in (5, 6)
+
+
+_EXCEPTION_HINT = {
+    10: "the gateway has no path to unit {unit}; check the gateway's routing and that unit {unit} is configured "
+        "on it",
+    11: "the gateway answered but unit {unit} behind it did not; is {unit} the right unit id, and is the device "
+        "behind the gateway powered and wired?",
+}
 
 
 class InvalidResponse(Exception):
@@ -75,8 +94,21 @@ def _pdu(req) -> bytes:
     return bytes((req.function_code,)) + req.encode()
 
 
+_READ_LIMIT = {0: (2000, "bits"), 1: (2000, "bits"), 2: (125, "registers"), 3: (125, "registers")}
+
+
+def _check_span(address: int, count: int, limit: int, what: str) -> None:
+    if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= limit:
+        raise ValueError(f"count {count!r} is out of range: one Modbus request reads 1 to {limit} {what}")
+    if not isinstance(address, int) or isinstance(address, bool) or not 0 <= address <= 65535:
+        raise ValueError(f"address {address!r} is out of range: Modbus addresses are 0 to 65535")
+    if address + count > 65536:
+        raise ValueError(f"address {address} + count {count} runs past the last address 65535")
+
+
 def read(table: int, address: int, count: int) -> Request:
-    """FC1/2/3/4."""
+    """FC1/2/3/4 (``ValueError`` with one clear sentence for a count or address out of range)."""
+    _check_span(address, count, *_READ_LIMIT[table])
     req = _READ[table](address=address, count=count)
     fc = req.function_code
     return Request(_pdu(req), fc, None, None, count)
@@ -137,21 +169,34 @@ _decoder = DecodePDU(False)
 
 
 def read_payload(req: Request, pdu: bytes) -> bytes:
-    """The register/bit bytes of a read (or FC23) response. A *short* answer (fewer
-    bytes than requested, but self-consistent) is returned as is; the decoder marks
-    the points it does not hold."""
+    """The register/bit bytes of a read (or FC23) response, checked strictly against the request.
+
+    A *short* answer (fewer bytes than requested, but self-consistent: a whole number of
+    registers) is returned as is; the decoder marks the points it does not hold. Anything
+    else (other function, byte count that disagrees with the data, more data than asked
+    for, half a register) raises :class:`InvalidResponse`."""
     if len(pdu) < 2 or pdu[0] != req.function:
         raise InvalidResponse(f"answer with function {pdu[0] if pdu else None} to a function {req.function} request")
     bc = pdu[1]
     if len(pdu) - 2 != bc:
         raise InvalidResponse(f"byte count {bc} but {len(pdu) - 2} data bytes")
+    if req.function in (1, 2):
+        want = (req.count + 7) // 8
+    else:
+        want = 2 * req.count
+        if bc % 2:
+            raise InvalidResponse(f"byte count {bc} is not a whole number of registers")
+    if bc > want:
+        raise InvalidResponse(f"{bc} data bytes in the answer, {want} asked for")
+    if bc == 0 and want:
+        raise InvalidResponse("an answer with no data")
     return pdu[2:]
 
 
 def check_echo(req: Request, pdu: bytes) -> None:
     """Write responses echo the request (FC5/6/15/16 address+value/quantity, FC22 whole PDU)."""
     n = 5 if req.function in (5, 6, 15, 16) else len(req.pdu)
-    if pdu[:n] != req.pdu[:n]:
+    if len(pdu) != n or pdu != req.pdu[:n]:
         raise InvalidResponse(f"write response {pdu.hex()} does not echo the request {req.pdu[:n].hex()}")
 
 
@@ -166,9 +211,14 @@ def _decode(pdu: bytes):
 
 
 def parse_fifo(pdu: bytes) -> list[int]:
+    """FC24 answer: byte count (2 bytes), FIFO count (2 bytes), then that many registers (at most 31)."""
     if len(pdu) < 5 or pdu[0] != 24:
         raise InvalidResponse(f"not a FIFO response: {pdu.hex()}")
-    return list(_decode(pdu).values)
+    byte_count, n = struct.unpack(">HH", pdu[1:5])
+    if n > 31 or byte_count != 2 + 2 * n or len(pdu) != 3 + byte_count:
+        raise InvalidResponse(f"FIFO response with byte count {byte_count}, FIFO count {n} and "
+                              f"{len(pdu) - 5} data bytes")
+    return list(struct.unpack(f">{n}H", pdu[5:]))
 
 
 def parse_diagnostic(req: Request, pdu: bytes) -> dict:
@@ -194,19 +244,35 @@ def parse_device_identification(pdu: bytes) -> dict:
             "conformity": msg.conformity}
 
 
+MBAP_HEADER = 7        # transaction id, protocol id, length, unit id
+MAX_PDU = 253
+
+
 class Mbap:
-    """MBAP (Modbus TCP) framing through pymodbus's socket framer."""
+    """MBAP (Modbus TCP) framing, checked strictly: the header is parsed here, not guessed at."""
 
     def __init__(self) -> None:
-        self.framer = FramerSocket(_decoder)
         self.tid = 0
 
     def build(self, unit: int, pdu: bytes) -> tuple[int, bytes]:
         self.tid = self.tid % 0xFFFF + 1
-        return self.tid, self.framer.encode(pdu, unit, self.tid)
+        return self.tid, struct.pack(">HHHB", self.tid, 0, len(pdu) + 1, unit) + pdu
 
     def parse(self, data: bytes) -> tuple[int, int, int, bytes]:
-        """(used, unit, tid, pdu); used == 0 while incomplete."""
-        if len(data) >= 4 and data[2:4] != b"\0\0":
-            raise InvalidResponse(f"MBAP protocol id {data[2:4].hex()} is not Modbus")
-        return self.framer.decode(data)
+        """(used, unit, tid, pdu); used == 0 while the frame is incomplete.
+
+        Raises :class:`InvalidResponse` for a header that cannot be Modbus (protocol id not 0,
+        a length field below 2 or above 254): the stream is out of step and must be reopened."""
+        if len(data) < MBAP_HEADER:
+            if len(data) >= 4 and data[2:4] != b"\0\0":
+                raise InvalidResponse(f"MBAP protocol id {bytes(data[2:4]).hex()} is not Modbus")
+            return 0, 0, 0, b""
+        tid, proto, length, unit = struct.unpack_from(">HHHB", data)
+        if proto != 0:
+            raise InvalidResponse(f"MBAP protocol id {proto:04x} is not Modbus")
+        if not 2 <= length <= MAX_PDU + 1:
+            raise InvalidResponse(f"MBAP length {length} is outside 2..{MAX_PDU + 1}")
+        end = MBAP_HEADER - 1 + length
+        if len(data) < end:
+            return 0, 0, 0, b""
+        return end, unit, tid, bytes(data[MBAP_HEADER:end])

@@ -27,7 +27,7 @@ from functools import lru_cache
 
 import tomlkit
 
-__all__ = ["profiles_dir", "load_profile", "list_profiles", "match_profile", "ProfileError"]
+__all__ = ["profiles_dir", "load_profile", "list_profiles", "match_profile", "MATCH_THRESHOLD", "ProfileError"]
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -111,7 +111,13 @@ def _norm(s: str | None) -> str:
     return re.sub(r"[^a-z0-9]+", "", (s or "").lower())
 
 
-def match_profile(vendor: str | None, model: str | None) -> tuple[str | None, float]:
+MATCH_THRESHOLD = 0.5
+"""Below this score no profile is proposed: a vendor match alone (0.4) or a generic profile (0.2)
+says nothing about the register map, and proposing it would give the device wrong points."""
+
+
+def match_profile(vendor: str | None, model: str | None, *,
+                  threshold: float = MATCH_THRESHOLD) -> tuple[str | None, float]:
     """The best profile for a device's identification strings, scored 0..1.
 
     Vendor: 0.4 when the profile's vendor (or an alias) is contained in the device's
@@ -119,7 +125,9 @@ def match_profile(vendor: str | None, model: str | None) -> tuple[str | None, fl
     contains the other (``PM5330`` vs ``PowerLogic PM5330``), 0.3 for a shared series
     prefix of at least 4 characters (``PM53``), 0 otherwise. A profile that names no
     models (a generic one) scores at most 0.2 on the model. Returns (name, score)
-    of the best, or (None, 0.0).
+    of the best; the name is None when no profile reaches ``threshold``
+    (:data:`MATCH_THRESHOLD`, 0.5: at least a vendor match plus a model series match,
+    or an exact model), with the best score still given for the operator's information.
     """
     v, m = _norm(vendor), _norm(model)
     best, best_score = None, 0.0
@@ -147,4 +155,6 @@ def match_profile(vendor: str | None, model: str | None) -> tuple[str | None, fl
         score = round(min(1.0, score + ms), 3)
         if score > best_score:
             best, best_score = p["name"], score
+    if best_score < threshold:
+        return None, best_score
     return best, best_score

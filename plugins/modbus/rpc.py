@@ -18,6 +18,12 @@ from .pdu import InvalidResponse, ModbusException
 from .profiles import list_profiles, match_profile
 from .transport import Timeout, TransportError
 
+
+def _reason(e):
+    from .driver import _reason as reason
+
+    return reason(e)
+
 DIAG_COUNTERS = {11: "bus_message_count", 12: "bus_communication_errors", 13: "bus_exception_errors",
                  14: "server_message_count", 15: "server_no_response_count", 16: "server_nak_count",
                  17: "server_busy_count", 18: "bus_character_overruns"}
@@ -25,6 +31,8 @@ DIAG_COUNTERS = {11: "bus_message_count", 12: "bus_communication_errors", 13: "b
 
 def add_methods(registry, gateway) -> None:
     from gatewayd.rpc import CONFLICT, INVALID_PARAMS, NOT_FOUND, UNAVAILABLE, Role, RpcError
+
+    from .driver import DeviceBusy
 
     def find(driver, device):
         inst = gateway.driver_instance("modbus", driver)
@@ -43,12 +51,12 @@ def add_methods(registry, gateway) -> None:
                 try:
                     return await fn(*bound.args, **bound.kwargs)
                 except (ValueError, KeyError, codec.EncodeError) as e:
-                    raise RpcError(INVALID_PARAMS, f"{name}: {e}") from None
+                    raise RpcError(INVALID_PARAMS, str(e).strip("'\"")) from None  # the core names the method
                 except ModbusException as e:
                     raise RpcError(CONFLICT, f"{device}: the device answered {e}",
                                    {"kind": "exception", "code": e.code}) from None
-                except (Timeout, TransportError, InvalidResponse) as e:
-                    raise RpcError(UNAVAILABLE, f"{device}: {e.kind}: {e}", {"kind": e.kind}) from None
+                except (Timeout, TransportError, InvalidResponse, DeviceBusy) as e:
+                    raise RpcError(UNAVAILABLE, f"{device}: {_reason(e)}", {"kind": e.kind}) from None
 
             sig = inspect.signature(fn)
             ps = list(sig.parameters.values())
@@ -133,6 +141,7 @@ def add_methods(registry, gateway) -> None:
         """FC43/14: vendor, product code, revision (+ URL, product, model at level regular/extended)."""
         r = await inst.device_identification(device, level, unit)
         o = r["objects"]
+        # profile None below MATCH_THRESHOLD
         r["profile"], r["profile_score"] = match_profile(o.get("vendor"), o.get("model") or o.get("product_name")
                                                          or o.get("product_code"))
         return r

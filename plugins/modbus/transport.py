@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import errno
 import os
+import time
 
 import trio
 
@@ -29,7 +30,7 @@ from gatewayd.native import rtu
 
 from .pdu import InvalidResponse, Mbap, ModbusException, Request
 
-__all__ = ["Timeout", "TransportError", "Link", "TcpLink", "RtuStreamLink", "SerialLink", "t35"]
+__all__ = ["Timeout", "TransportError", "connect", "Link", "TcpLink", "RtuStreamLink", "SerialLink", "t35"]
 
 
 class Timeout(Exception):
@@ -56,11 +57,37 @@ class Link:
         self.lock = trio.Lock()
         self.requests = 0
         self.users = 0
+        # Link health shared by every device behind this endpoint/bus: ``failing_since`` (wall clock)
+        # is set when the link itself failed (could not connect, connection lost, port gone); the first
+        # answer afterwards calls every ``on_back`` listener, so each device waiting in backoff on this
+        # link retries at once instead of at the end of its own backoff.
+        self.failing_since: float | None = None
+        self.on_back: list = []
 
     async def request(self, unit: int, req: Request, timeout: float) -> bytes | None:
-        """Send ``req`` to ``unit``; return the response PDU (function code + data)."""
+        """Send ``req`` to ``unit``; return the response PDU (function code + data).
+
+        One transaction at a time: the lock spans the whole request/answer exchange, so devices,
+        writes, diagnostics and discovery scans sharing this link (one TCP endpoint, one serial
+        line, one serial device server) never interleave frames."""
         async with self.lock:
-            return await self._locked_request(unit, req, timeout)
+            try:
+                resp = await self._locked_request(unit, req, timeout)
+            except ModbusException:
+                self._answered()
+                raise
+            except TransportError:
+                if self.failing_since is None:
+                    self.failing_since = time.time()
+                raise
+            self._answered()
+            return resp
+
+    def _answered(self) -> None:
+        if self.failing_since is not None:
+            self.failing_since = None
+            for cb in list(self.on_back):
+                cb()
 
     async def _locked_request(self, unit: int, req: Request, timeout: float) -> bytes | None:
         raise NotImplementedError
@@ -92,7 +119,7 @@ class TcpLink(Link):
         try:
             with trio.move_on_after(timeout):
                 if self.stream is None:
-                    self.stream = await trio.open_tcp_stream(self.host, self.port)
+                    self.stream = await connect(self.host, self.port, timeout)
                 tid, frame = self.mbap.build(unit, req.pdu)
                 await self.stream.send_all(frame)
                 self.requests += 1
@@ -105,19 +132,64 @@ class TcpLink(Link):
                         if got_unit != unit:
                             raise InvalidResponse(f"answer from unit {got_unit}, expected {unit}")
                         ok = True
-                        return _check(req, pdu)
+                        return _check(req, pdu, unit)
                     data = await self.stream.receive_some(65536)
                     if not data:
-                        raise TransportError(f"{self.host}:{self.port} closed the connection")
+                        raise TransportError(f"{self.host}:{self.port} closed the connection (the device restarted, "
+                                             "or allows fewer connections: check its connection limit)")
                     self.buf += data
             raise Timeout(f"no response within {timeout * 1000:.0f} ms")
         except ModbusException:
             raise  # a clean answer: the connection stays usable (ok is set)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
-            raise TransportError(f"{self.host}:{self.port}: {_oserror(e)}") from None
+            raise TransportError(f"connection to {self.host}:{self.port} lost: {_oserror(e)}") from None
         finally:
             if not ok:  # after a timeout, cancel or garbage the connection is out of step: reopen it
                 await self.close()
+
+
+_CONNECT_HINTS = {
+    errno.ECONNREFUSED: "connection refused: nothing listens on that port (is the device on, is the port right?)",
+    errno.ETIMEDOUT: "connection timed out: nothing answered (check the address, the route and any firewall)",
+    errno.EHOSTUNREACH: "no route to the host (check the address and the network)",
+    errno.ENETUNREACH: "no route to the network (check the address and this machine's routes)",
+    errno.EHOSTDOWN: "the host is down (check that it is powered and connected)",
+}
+
+
+async def connect(host: str, port: int, timeout: float) -> trio.SocketStream:
+    """Open a TCP connection within ``timeout`` seconds; a failure raises :class:`TransportError`
+    saying what happened (refused / timed out / no route / name not resolved) instead of trio's
+    "all attempts to connect failed". Nothing was sent, so a write that fails here was not applied."""
+    try:
+        with trio.move_on_after(timeout):
+            return await trio.open_tcp_stream(host, port)
+    except OSError as e:
+        raise TransportError(f"cannot connect to {host}:{port}: {_connect_reason(e)}") from None
+    raise TransportError(f"cannot connect to {host}:{port}: no answer within {timeout * 1000:.0f} ms "
+                         "(check the address, the route and any firewall)")
+
+
+def _leaf_errors(e: BaseException) -> list[BaseException]:
+    """The individual errors behind trio's "all attempts to connect failed" (its cause is a group)."""
+    inner = getattr(e, "exceptions", None)
+    if inner:
+        return [x for sub in inner for x in _leaf_errors(sub)]
+    if e.__cause__ is not None and e.__cause__ is not e:
+        return _leaf_errors(e.__cause__)
+    return [e]
+
+
+def _connect_reason(e: OSError) -> str:
+    import socket
+
+    for leaf in _leaf_errors(e):
+        if isinstance(leaf, socket.gaierror):
+            return f"the name does not resolve ({leaf.strerror or leaf})"
+        if isinstance(leaf, OSError) and leaf.errno in _CONNECT_HINTS:
+            return _CONNECT_HINTS[leaf.errno]
+    leaf = _leaf_errors(e)[0]
+    return getattr(leaf, "strerror", None) or str(leaf) or type(leaf).__name__
 
 
 def _oserror(e: BaseException) -> str:
@@ -127,14 +199,16 @@ def _oserror(e: BaseException) -> str:
     return str(cause) or type(cause).__name__
 
 
-def _check(req: Request, pdu: bytes) -> bytes:
+def _check(req: Request, pdu: bytes, unit: int | None = None) -> bytes:
     if not pdu:
         raise InvalidResponse("empty response")
     fc = pdu[0]
     if fc & 0x80:
-        if (fc & 0x7F) != req.function or len(pdu) < 2:
+        if (fc & 0x7F) != req.function:
             raise InvalidResponse(f"exception response to function {fc & 0x7F}, expected {req.function}")
-        raise ModbusException(req.function, pdu[1])
+        if len(pdu) != 2:
+            raise InvalidResponse(f"exception response of {len(pdu)} bytes (2 expected): {pdu.hex()}")
+        raise ModbusException(req.function, pdu[1], unit)
     if fc != req.function:
         raise InvalidResponse(f"answer with function {fc} to a function {req.function} request")
     return pdu
@@ -153,7 +227,7 @@ class _RtuLink(Link):
         self.garbage_bytes = 0
         self._scanner: rtu.RtuResponseScanner | None = None
 
-    async def _open(self) -> None:
+    async def _open(self, timeout: float) -> None:
         raise NotImplementedError
 
     async def _send(self, data: bytes) -> None:
@@ -167,7 +241,7 @@ class _RtuLink(Link):
 
     async def _locked_request(self, unit, req, timeout):
         try:
-            await self._open()
+            await self._open(timeout)
             await trio.sleep_until(self.idle_at)
             self._drain()
             frame = rtu.frame(unit, req.pdu)
@@ -199,8 +273,8 @@ class _RtuLink(Link):
                                           f"within {timeout * 1000:.0f} ms")
                 raise Timeout(f"no response within {timeout * 1000:.0f} ms")
             if result.exception_code is not None:
-                raise ModbusException(req.function, result.exception_code)
-            return _check(req, result.pdu)
+                raise ModbusException(req.function, result.exception_code, unit)
+            return _check(req, result.pdu, unit)
         except TransportError:
             await self.close()
             raise
@@ -224,9 +298,9 @@ class RtuStreamLink(_RtuLink):
         self.name = f"rtu-over-tcp:{host}:{port}"
         self.stream: trio.SocketStream | None = None
 
-    async def _open(self):
+    async def _open(self, timeout):
         if self.stream is None:
-            self.stream = await trio.open_tcp_stream(self.host, self.port)
+            self.stream = await connect(self.host, self.port, timeout)
 
     async def _send(self, data):
         await self.stream.send_all(data)
@@ -261,7 +335,7 @@ class SerialLink(_RtuLink):
         self.silence = t35(baudrate, bits)
         self.serial = None
 
-    async def _open(self):
+    async def _open(self, timeout):
         if self.serial is None:
             import serial  # pyserial; part of the modbus extra
 

@@ -215,3 +215,222 @@ async def rtu_bus():
         finally:
             n.cancel_scope.cancel()
     r.close()
+
+
+# --------------------------------------------------------------------------- a hand-written TCP slave
+
+
+class MiniSlave:
+    """A small Modbus TCP slave written here (trio, in the test's process, on loopback).
+
+    Independent of pymodbus and of the driver's framing, and configurable in the ways field
+    devices misbehave: ``max_registers`` (a larger read answers exception 03), ``busy`` (the next
+    N requests answer exception 06), ``fc22`` (False: mask write answers 01), ``hostile`` (a
+    function ``(tid, unit, pdu) -> bytes | None`` whose bytes are sent instead of the answer),
+    ``silent_units`` (requests applied, never answered), ``fifo`` (FC24 queues), ``delay`` (seconds
+    before each answer: a slow device). Every request is logged in
+    ``log`` as ``(unit, function, address, count)``; ``served`` is set after each answer.
+    """
+
+    def __init__(self, units: dict, *, max_registers: int = 125, fc22: bool = True):
+        self.units = {int(u): {int(a): v for a, v in regs.items()} for u, regs in units.items()}
+        self.max_registers = max_registers
+        self.fc22 = fc22
+        self.busy = 0
+        self.hostile = None
+        self.silent_units: set[int] = set()
+        self.fifo: dict[int, list[int]] = {}
+        self.log: list[tuple] = []
+        self.port = None
+        self.listeners = []
+        self.streams: set = set()
+        self.answered = 0
+        self.connections = 0
+        self.delay = 0.0
+
+    async def serve(self, task_status=trio.TASK_STATUS_IGNORED):
+        """Listen (on ``port`` when set, e.g. again after :meth:`stop`) until stopped or cancelled."""
+        with trio.CancelScope() as self._scope:
+            self.listeners = await trio.open_tcp_listeners(self.port or 0, host="127.0.0.1")
+            self.port = self.listeners[0].socket.getsockname()[1]
+            task_status.started(self)
+            await trio.serve_listeners(self._conn, self.listeners)
+
+    async def stop(self):
+        """Go away as a powered-off device does: stop listening and drop every connection."""
+        self._scope.cancel()
+        await self.drop_connections()
+
+    async def _conn(self, stream):
+        self.connections += 1
+        self.streams.add(stream)
+        buf = b""
+        try:
+            while True:
+                data = await stream.receive_some(4096)
+                if not data:
+                    return
+                buf += data
+                while len(buf) >= 7:
+                    tid, _, length, unit = struct.unpack(">HHHB", buf[:7])
+                    if len(buf) < 6 + length:
+                        break
+                    pdu, buf = buf[7:6 + length], buf[6 + length:]
+                    if self.delay:
+                        await trio.sleep(self.delay)  # a slow device (RS-485 behind a gateway, a busy CPU)
+                    out = self.answer(tid, unit, pdu)
+                    if out is not None:
+                        await stream.send_all(out)
+                    self.answered += 1
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            self.streams.discard(stream)
+
+    async def drop_connections(self):
+        for s in list(self.streams):
+            await s.aclose()
+
+    def answer(self, tid: int, unit: int, pdu: bytes) -> bytes | None:
+        fc = pdu[0]
+        addr, count = struct.unpack(">HH", pdu[1:5]) if len(pdu) >= 5 else (None, None)
+        self.log.append((unit, fc, addr, count))
+        if self.hostile is not None:
+            raw = self.hostile(tid, unit, pdu)
+            if raw is not None:
+                return raw
+        if unit not in self.units:
+            return None
+        if self.busy:
+            self.busy -= 1
+            resp = bytes([fc | 0x80, 6])
+        else:
+            resp = self.handle(self.units[unit], pdu)
+        if unit in self.silent_units:  # applied, never answered (a write may land all the same)
+            return None
+        return struct.pack(">HHHB", tid, 0, len(resp) + 1, unit) + resp
+
+    def handle(self, regs: dict, pdu: bytes) -> bytes:
+        fc = pdu[0]
+
+        def exc(code):
+            return bytes([fc | 0x80, code])
+
+        if fc in (3, 4):
+            addr, count = struct.unpack(">HH", pdu[1:5])
+            if count > self.max_registers:
+                return exc(3)
+            if any(a not in regs for a in range(addr, addr + count)):
+                return exc(2)
+            return bytes([fc, 2 * count]) + struct.pack(f">{count}H", *(regs[a] for a in range(addr, addr + count)))
+        if fc == 6:
+            addr, v = struct.unpack(">HH", pdu[1:5])
+            if addr not in regs:
+                return exc(2)
+            regs[addr] = v
+            return pdu[:5]
+        if fc == 16:
+            addr, count = struct.unpack(">HH", pdu[1:5])
+            vals = struct.unpack(f">{count}H", pdu[6:6 + 2 * count])
+            if any(a not in regs for a in range(addr, addr + count)):
+                return exc(2)
+            for i, v in enumerate(vals):
+                regs[addr + i] = v
+            return pdu[:5]
+        if fc == 22:
+            if not self.fc22:
+                return exc(1)
+            addr, and_m, or_m = struct.unpack(">HHH", pdu[1:7])
+            if addr not in regs:
+                return exc(2)
+            regs[addr] = (regs[addr] & and_m) | (or_m & ~and_m & 0xFFFF)
+            return pdu[:7]
+        if fc == 24:
+            (addr,) = struct.unpack(">H", pdu[1:3])
+            q = self.fifo.get(addr)
+            if q is None:
+                return exc(2)
+            return bytes([24]) + struct.pack(f">HH{len(q)}H", 2 + 2 * len(q), len(q), *q)
+        return exc(1)
+
+
+@pytest.fixture
+async def mini_slave_factory():
+    """``await make(units, **options)`` starts a :class:`MiniSlave`; all stop after the test."""
+    async with trio.open_nursery() as n:
+        async def make(units, **kw):
+            return await n.start(MiniSlave(units, **kw).serve)
+
+        yield make
+        n.cancel_scope.cancel()
+
+
+class SharedLine:
+    """A serial device server in transparent mode: every TCP connection feeds ONE RS-485 line.
+
+    Answers go to every connection (the server cannot know who asked). The line is
+    half-duplex: a frame arriving while an answer is still on the wire (``tx_time``) collides
+    with it; both are lost (the answer arrives with a broken CRC, the new request never
+    reaches a device). ``connections`` counts the TCP connections opened.
+    """
+
+    def __init__(self, responder: RtuResponder, tx_time: float = 0.02):
+        self.responder = responder
+        self.tx_time = tx_time
+        self.conns: set = set()
+        self.busy_until = 0.0
+        self.collided = False
+        self.connections = 0
+        self.collisions = 0
+        self.port = None
+
+    async def serve(self, task_status=trio.TASK_STATUS_IGNORED):
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+        task_status.started(self)
+        await trio.serve_listeners(self._conn, listeners)
+
+    async def _conn(self, stream):
+        self.connections += 1
+        self.conns.add(stream)
+        framer = FramerRTU(DecodePDU(True))
+        buf = b""
+        try:
+            while True:
+                data = await stream.receive_some(4096)
+                if not data:
+                    return
+                buf += data
+                while True:
+                    used, unit, _, frame = framer.decode(buf)
+                    if not used:
+                        break
+                    buf = buf[used:]
+                    if frame:
+                        await self._on_line(unit, frame)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            self.conns.discard(stream)
+
+    async def _on_line(self, unit: int, pdu: bytes):
+        now = trio.current_time()
+        if now < self.busy_until:  # the line is carrying an answer: both frames are destroyed
+            self.collided = True
+            self.collisions += 1
+            return
+        r = self.responder
+        r.requests += 1
+        if unit not in r.units:
+            return
+        out = r.framer.encode(r.handle(r.units[unit], pdu), unit, 0)
+        self.busy_until = now + self.tx_time
+        self.collided = False
+        await trio.sleep(self.tx_time)  # the answer's time on the wire
+        if self.collided:
+            out = out[:-1] + bytes([out[-1] ^ 0xFF])
+        for s in list(self.conns):
+            try:
+                await s.send_all(out)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass

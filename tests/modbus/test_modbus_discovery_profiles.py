@@ -160,7 +160,7 @@ def test_profiles_dir_env_override_and_json(tmp_path, monkeypatch):
     ("ABB", "ACS580-01-12A7-4", "abb-acs580", 0.8, 0.9),
     ("Eastron", "SDM630", "eastron-sdm630", 1.0, 1.0),
     (None, "PM5330", "schneider-pm5300", 0.6, 0.6),
-    ("Nobody", "Nothing", "generic-power-meter", 0.2, 0.2),   # the generic profile, below the 0.5 bar
+    ("Nobody", "Nothing", None, 0.2, 0.2),   # only the generic profile scores, below the 0.5 bar: none proposed
 ])
 def test_match_profile_scores(vendor, model, expect, lo, hi):
     name, score = match_profile(vendor, model)
