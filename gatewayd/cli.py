@@ -54,6 +54,8 @@ def _check_config(path: str) -> int:
             print(p)
         print(f"{len(e.problems)} problem(s) found", file=sys.stderr)
         return 2
+    for w in cfg.warnings:
+        print(f"warning: {w}")
     print(cfg.summary())
     return 0
 
@@ -76,15 +78,28 @@ def _run(path: str, level: str | None) -> int:
         logging.getLogger("gatewayd").error("configuration has %d problem(s), not starting:\n%s",
                                             len(e.problems), e)
         return 2
-    if level is None:
-        import logging
+    import logging
 
+    if level is None:
         logging.getLogger().setLevel(cfg.gateway.log_level.upper())
+    for w in cfg.warnings:
+        logging.getLogger("gatewayd").warning("%s", w)
     gw = Gateway(cfg, registry, notifier=Notifier.from_env())
     try:
         trio.run(gw.run)
     except KeyboardInterrupt:  # pragma: no cover - SIGINT is handled inside; this is a second ^C
         return 130
+    except BaseException as e:
+        # a store that cannot be opened (e.g. written by a newer version) is one line, not a traceback
+        from .store.db import StoreError
+
+        leaf = e
+        while isinstance(leaf, BaseExceptionGroup) and len(leaf.exceptions) == 1:
+            leaf = leaf.exceptions[0]
+        if isinstance(leaf, StoreError):
+            logging.getLogger("gatewayd").error("not starting: %s", leaf)
+            return 1
+        raise
     return 0
 
 
