@@ -972,7 +972,13 @@ def _describe_toml_error(text: str, message: str, line: int, col: int) -> tuple[
             if kind == "open-string":
                 return ln, c, ("unterminated multi-line string: the \"\"\" (or \'\'\') opened here is never "
                                "closed")
-        q = max(src.rfind('"'), src.rfind("'"))
+        ln = line
+        while ln > 1 and not ('"' in src or "'" in src):  # "at end of document": find the open quote above
+            ln -= 1
+            src = lines[ln - 1] if ln <= len(lines) else ""
+        line = ln
+        q = src.find('"') if src.count('"') % 2 else src.find("'") if src.count("'") % 2 else \
+            max(src.rfind('"'), src.rfind("'"))
         return line, (q + 1 if q >= 0 else col), ("unterminated string: the quote opened here is not closed on "
                                                   "this line (a \"...\" string must end on its line; use "
                                                   "\"\"\"...\"\"\" for text over several lines)")
