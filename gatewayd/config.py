@@ -968,7 +968,7 @@ def _describe_toml_error(text: str, message: str, line: int, col: int) -> tuple[
     if low.startswith("illegal character '\\n'") or low.startswith("illegal character '\\r'") \
             or low.startswith("unterminated string") or (low.startswith("expected \"'\"") and col == 1) \
             or low.startswith('expected "\'"'):
-        for ln, kind, _path, c in _scan(text):
+        for ln, kind, _path, c in (_scan(text) if low.startswith("unterminated string") else ()):
             if kind == "open-string":
                 return ln, c, ("unterminated multi-line string: the \"\"\" (or \'\'\') opened here is never "
                                "closed")

@@ -339,6 +339,7 @@ class Gateway:
             log.error("reload (%s) failed; the daemon keeps running", source, exc_info=True)
 
     def _refuse(self, source: str, errors: list[str]) -> dict:
+        _release_memory()  # a big refused file's parse garbage goes back to the OS, not kept in the heap
         self.last_reload_error = errors
         text = "\n".join(errors)
         log.error("reload (%s) refused, the running configuration is unchanged:\n%s", source, text)
@@ -574,6 +575,19 @@ class Gateway:
                 else:
                     log.info("received %s", signal.Signals(sig).name)
                     self.shutdown()
+
+
+def _release_memory() -> None:
+    """Collect garbage and hand freed heap pages back to the OS (glibc ``malloc_trim``), best effort."""
+    import gc
+
+    gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def _min_stale(points: PointTable) -> float:
