@@ -241,3 +241,19 @@ async def test_a_syntax_error_at_the_end_of_a_big_file_is_not_parsed_twice_and_f
                                  'closed on this line (a "..." string must end on its line; use """...""" for '
                                  "text over several lines)"]
         assert held < len(text) / 4, held  # nothing of the refused file stays referenced
+
+
+def test_a_store_from_a_newer_version_stops_start_with_one_line(tmp_path):
+    import apsw
+
+    (tmp_path / "var").mkdir()
+    db = apsw.Connection(str(tmp_path / "var" / "state.db"))
+    db.execute("PRAGMA user_version=999")
+    db.close()
+    path = tmp_path / "gatewayd.toml"
+    path.write_text(site_toml(tmp_path, ""))
+    r = subprocess.run([sys.executable, "-m", "gatewayd", "run", "-c", str(path)], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    errors = [line for line in r.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and "not starting: " in errors[0] and "schema version 999 is newer" in errors[0]
