@@ -32,6 +32,9 @@ def gatewayd_main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("check-config", help="validate a configuration file; exit 2 on problems")
     c.add_argument("file", nargs="?", default=None)
     c.add_argument("-c", "--config", dest="cfg_opt", default=None)
+    c.add_argument("--no-system-checks", action="store_true",
+                   help="for a file meant for another machine: do not look up socket_group and the users and "
+                        "groups of role entries on this one")
     sub.add_parser("version", help="print the version")
     args = ap.parse_args(argv)
 
@@ -40,15 +43,16 @@ def gatewayd_main(argv: list[str] | None = None) -> int:
         return 0
     if args.cmd == "check-config":
         return _check_config(args.file or args.cfg_opt or os.environ.get("GATEWAYD_CONFIG",
-                                                                         "/etc/gatewayd/gatewayd.toml"))
+                                                                         "/etc/gatewayd/gatewayd.toml"),
+                             system_checks=not args.no_system_checks)
     return _run(args.config, args.log_level)
 
 
-def _check_config(path: str) -> int:
+def _check_config(path: str, *, system_checks: bool = True) -> int:
     from .config import ConfigError, load_config
 
     try:
-        cfg = load_config(path)
+        cfg = load_config(path, system_checks=system_checks)
     except ConfigError as e:
         for p in e.problems:
             print(p)

@@ -30,6 +30,7 @@ validated with the same messages and positions as the core's.
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import difflib
 import glob
@@ -801,6 +802,10 @@ GATEWAY_SCHEMA = Schema({
     "shutdown_grace": Key(Duration(min=0, max=120), 5.0, "bounded drain on SIGTERM"),
 })
 
+_SYSTEM_CHECKS: "contextvars.ContextVar[bool]" = contextvars.ContextVar("gatewayd_config_system_checks",
+                                                                        default=True)
+
+
 def _control_check(d: dict, err: Callable[[str, str], None]) -> None:
     """What start needs from [control] and only the OS can tell: the socket group and role entries exist.
 
@@ -810,6 +815,8 @@ def _control_check(d: dict, err: Callable[[str, str], None]) -> None:
     import grp
     import pwd
 
+    if not _SYSTEM_CHECKS.get():
+        return
     group = d.get("socket_group")
     if isinstance(group, str) and group:
         try:
@@ -1179,7 +1186,8 @@ def _shown(path: str) -> str:
     return rel if not rel.startswith("..") else path
 
 
-def load_config(path: str, *, registry: "Any | None" = None, load_plugins: bool = True) -> Config:
+def load_config(path: str, *, registry: "Any | None" = None, load_plugins: bool = True,
+                system_checks: bool = True) -> Config:
     """Read, merge includes, load the plugins named, validate. Raises :class:`ConfigError` with every problem.
 
     ``registry`` is a :class:`gatewayd.plugins.PluginRegistry`; when omitted a
@@ -1188,6 +1196,10 @@ def load_config(path: str, *, registry: "Any | None" = None, load_plugins: bool 
     the calling thread, which must be the registry's own (see :mod:`gatewayd.plugins`);
     the daemon splits the phases instead (:func:`read_config`, ``registry.load_for``,
     :func:`validate_config`).
+
+    ``system_checks=False`` skips what only the target machine can tell (``[control]
+    socket_group`` and the users and groups of role entries exist): for a file checked
+    on another machine, e.g. a package's default configuration before its group exists.
     """
     from .plugins import PluginRegistry  # avoid an import cycle at module load
 
@@ -1195,7 +1207,11 @@ def load_config(path: str, *, registry: "Any | None" = None, load_plugins: bool 
     if registry is None:
         registry = PluginRegistry()
     errors = registry.load_for(raw, entry_points=load_plugins)
-    return validate_config(raw, registry, plugin_errors=errors)
+    token = _SYSTEM_CHECKS.set(system_checks)
+    try:
+        return validate_config(raw, registry, plugin_errors=errors)
+    finally:
+        _SYSTEM_CHECKS.reset(token)
 
 
 def validate_config(raw: RawConfig, registry: Any, *, plugin_errors: dict | None = None) -> Config:
