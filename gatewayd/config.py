@@ -267,11 +267,28 @@ class _Ctx:
 
     def at(self, path: tuple[str, ...]) -> tuple[str, int, int]:
         p = tuple(path)
+        if p and p not in self.where:
+            # a table only declared through its children ([[a.b]] entries, [a.b.c] headers): its first child
+            first = self._first_under().get(p)
+            if first is not None:
+                return first
         while p:
             if p in self.where:
                 return self.where[p]
             p = p[:-1]
         return (self.file_of_root, 1, 1)
+
+    def _first_under(self) -> dict[tuple[str, ...], tuple[str, int, int]]:
+        """prefix -> the earliest position of a key under it (built once per state of ``where``)."""
+        if getattr(self, "_under_n", -1) != len(self.where):
+            idx: dict[tuple[str, ...], tuple[str, int, int]] = {}
+            for kp, loc in self.where.items():
+                for i in range(1, len(kp)):
+                    old = idx.get(kp[:i])
+                    if old is None or (loc[1], loc[2]) < (old[1], old[2]):
+                        idx[kp[:i]] = loc
+            self._under, self._under_n = idx, len(self.where)
+        return self._under
 
     def error(self, path: tuple[str, ...], message: str) -> None:
         f, line, col = self.at(path)

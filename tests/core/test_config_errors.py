@@ -237,3 +237,11 @@ def test_a_point_under_an_undefined_device_is_refused(tmp_path):
     assert got == [(5, 1, "point 'extra' is under device 'meter-l', which is not defined: add a "
                           "[drivers.s.devices.meter-l] table with the device's settings, or fix the device id "
                           "(did you mean 'meter-1'?)")]
+
+
+def test_a_table_declared_only_through_its_children_is_reported_at_the_first_child(tmp_path):
+    # [[drivers.b.networks]] (an array of tables) where a table of named networks is expected
+    got = problems_of(tmp_path, '[drivers.b]\ntype = "bacnet"\nserver_device_instance = 10\n\n'
+                                '[[drivers.b.networks]]\nmode = "mstp"\n')
+    assert (5, 1, "drivers.b.networks must be a table, not an array") in got
+    assert all(line != 1 or "networks" not in m for line, _c, m in got)
