@@ -464,7 +464,7 @@ def build_registry(gw: "Gateway"):
 
     async def discovery_accept(call, driver: str, key: str, device_id: str | None = None):
         """Add a discovered device (and its profile points) to the TOML and start polling it."""
-        from .config_edit import add_device
+        from .config_edit import accept_message, add_device
 
         row = _find(driver, key)
         inst = gw.driver_instance(None, driver)
@@ -484,7 +484,8 @@ def build_registry(gw: "Gateway"):
             raise RpcError(CONFLICT, "the device was written to " + written + " but the new configuration is "
                            "invalid: " + "; ".join(result["errors"]))
         await gw.state.discovery_set_status(driver, key, "accepted")
-        return {"device": dev_id, "file": written, "reload": result}
+        hint = accept_message(gw.config, driver, dev_id, written)
+        return {"device": dev_id, "file": written, "reload": result, **({"message": hint} if hint else {})}
 
     async def discovery_ignore(call, driver: str, key: str):
         """Mark a discovered device as ignored (a re-scan keeps the decision)."""
@@ -503,12 +504,5 @@ def build_registry(gw: "Gateway"):
     register_backup_methods(reg, gw)
 
     # ---------------------------------------------------------------- plugins
-    for name, mod in gw.registry.loaded.items():
-        impl = getattr(mod, "gatewayd_rpc_methods", None)
-        if impl is None:
-            continue
-        try:
-            impl(registry=reg, gateway=gw)
-        except Exception:
-            log.error("plugin %s failed to add its RPC methods", name, exc_info=True)
+    gw.registry.add_rpc_methods(reg, gw)  # through pluggy, each plugin isolated
     return reg

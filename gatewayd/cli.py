@@ -32,6 +32,9 @@ def gatewayd_main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("check-config", help="validate a configuration file; exit 2 on problems")
     c.add_argument("file", nargs="?", default=None)
     c.add_argument("-c", "--config", dest="cfg_opt", default=None)
+    c.add_argument("--no-system-checks", action="store_true",
+                   help="for a file meant for another machine: do not look up socket_group and the users and "
+                        "groups of role entries on this one")
     sub.add_parser("version", help="print the version")
     args = ap.parse_args(argv)
 
@@ -40,20 +43,23 @@ def gatewayd_main(argv: list[str] | None = None) -> int:
         return 0
     if args.cmd == "check-config":
         return _check_config(args.file or args.cfg_opt or os.environ.get("GATEWAYD_CONFIG",
-                                                                         "/etc/gatewayd/gatewayd.toml"))
+                                                                         "/etc/gatewayd/gatewayd.toml"),
+                             system_checks=not args.no_system_checks)
     return _run(args.config, args.log_level)
 
 
-def _check_config(path: str) -> int:
+def _check_config(path: str, *, system_checks: bool = True) -> int:
     from .config import ConfigError, load_config
 
     try:
-        cfg = load_config(path)
+        cfg = load_config(path, system_checks=system_checks)
     except ConfigError as e:
         for p in e.problems:
             print(p)
         print(f"{len(e.problems)} problem(s) found", file=sys.stderr)
         return 2
+    for w in cfg.warnings:
+        print(f"warning: {w}")
     print(cfg.summary())
     return 0
 
@@ -76,15 +82,28 @@ def _run(path: str, level: str | None) -> int:
         logging.getLogger("gatewayd").error("configuration has %d problem(s), not starting:\n%s",
                                             len(e.problems), e)
         return 2
-    if level is None:
-        import logging
+    import logging
 
+    if level is None:
         logging.getLogger().setLevel(cfg.gateway.log_level.upper())
+    for w in cfg.warnings:
+        logging.getLogger("gatewayd").warning("%s", w)
     gw = Gateway(cfg, registry, notifier=Notifier.from_env())
     try:
         trio.run(gw.run)
     except KeyboardInterrupt:  # pragma: no cover - SIGINT is handled inside; this is a second ^C
         return 130
+    except BaseException as e:
+        # a store that cannot be opened (e.g. written by a newer version) is one line, not a traceback
+        from .store.db import StoreError
+
+        leaf = e
+        while isinstance(leaf, BaseExceptionGroup) and len(leaf.exceptions) == 1:
+            leaf = leaf.exceptions[0]
+        if isinstance(leaf, StoreError):
+            logging.getLogger("gatewayd").error("not starting: %s", leaf)
+            return 1
+        raise
     return 0
 
 

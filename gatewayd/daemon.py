@@ -312,27 +312,78 @@ class Gateway:
 
     # ------------------------------------------------------------------ reload
     async def reload(self, source: str = "SIGHUP") -> dict:
-        """Apply the configuration file again; a bad file changes nothing."""
+        """Apply the configuration file again; a reload that fails for any reason changes nothing.
+
+        Phases: read and merge the files (worker thread), load the plugins they name
+        (this, the registry's own thread), validate (worker thread, read-only
+        registry), then apply. Any failure before applying — a syntax or schema
+        error, a validator's surprise, a store error — refuses the reload with the
+        reasons (``file:line:col: message``), logs them and leaves the running
+        configuration untouched. Never raises (SIGHUP runs it in the core nursery).
+        """
         async with self._reload_lock:
             self.notifier.reloading()
             try:
                 try:
-                    new = await trio.to_thread.run_sync(lambda: load_config(self.config.path, registry=self.registry))
+                    new = await self._load_new_config()
+                    pa = await self._preflight(new)
                 except ConfigError as e:
-                    self.last_reload_error = [str(p) for p in e.problems]
-                    log.error("reload (%s) refused, the running configuration is unchanged:\n%s", source, e)
-                    self.bus.publish(ConfigReloaded(time.time(), False, (), str(e)))
+                    return self._refuse(source, [str(p) for p in e.problems])
+                except Exception as e:
+                    log.error("reload (%s): unexpected error while reading the new configuration", source,
+                              exc_info=True)
+                    return self._refuse(source, [f"{self.config.path}:1:1: the new configuration could not be "
+                                                 f"checked ({type(e).__name__}: {e}); see the log"])
+                for w in new.warnings:
+                    log.warning("reload (%s): %s", source, w)
+                try:
+                    changed = await self._apply(new, pa)
+                except Exception as e:
+                    # past the point of no return: what could be applied runs; say so loudly
+                    log.error("reload (%s) failed while applying the new configuration", source, exc_info=True)
+                    self.last_reload_error = [f"applying the configuration failed: {type(e).__name__}: {e}"]
+                    self.bus.publish(ConfigReloaded(time.time(), False, (), self.last_reload_error[0]))
                     return {"ok": False, "errors": self.last_reload_error, "changed": []}
-                changed = await self._apply(new)
                 self.reloads += 1
                 self.last_reload_error = None
                 log.info("reload (%s) applied: %s", source, ", ".join(changed) or "nothing changed")
                 self.bus.publish(ConfigReloaded(time.time(), True, tuple(changed)))
-                return {"ok": True, "errors": [], "changed": changed}
+                return {"ok": True, "errors": [], "changed": changed,
+                        **({"warnings": [str(w) for w in new.warnings]} if new.warnings else {})}
             finally:
                 self.notifier.ready(status=self._status_line())
 
-    async def _apply(self, new: Config) -> list[str]:
+    async def _reload_guarded(self, source: str) -> None:
+        """A reload started by a signal: whatever happens, it never reaches the core nursery."""
+        try:
+            await self.reload(source)
+        except Exception:
+            log.error("reload (%s) failed; the daemon keeps running", source, exc_info=True)
+
+    def _refuse(self, source: str, errors: list[str]) -> dict:
+        _release_memory()  # a big refused file's parse garbage goes back to the OS, not kept in the heap
+        self.last_reload_error = errors
+        text = "\n".join(errors)
+        log.error("reload (%s) refused, the running configuration is unchanged:\n%s", source, text)
+        self.bus.publish(ConfigReloaded(time.time(), False, (), text))
+        return {"ok": False, "errors": errors, "changed": []}
+
+    async def _load_new_config(self) -> Config:
+        """Read + validate in worker threads; plugins load on this (the registry's) thread only."""
+        from .config import read_config, validate_config
+
+        raw = await trio.to_thread.run_sync(read_config, self.config.path)
+        errors = self.registry.load_for(raw)
+        try:
+            return await trio.to_thread.run_sync(lambda: validate_config(raw, self.registry, plugin_errors=errors))
+        finally:
+            del raw  # a large refused file must not stay referenced
+
+    async def _preflight(self, new: Config) -> dict:
+        """What applying needs and can fail (the state store's priority arrays) read before anything stops."""
+        return self.state.load_priority_arrays() if self.state else {}
+
+    async def _apply(self, new: Config, pa: dict | None = None) -> list[str]:
         old = self.config
         changed: list[str] = []
         for key in ("control",):
@@ -357,7 +408,13 @@ class Gateway:
         self.config = new
         if self.recorder is not None:
             self.recorder.configure(new)
-        pa = self.state.load_priority_arrays() if self.state else {}
+        try:  # fresh: a write may have landed since the preflight read
+            pa = self.state.load_priority_arrays() if self.state else {}
+        except Exception:
+            if pa is None:
+                raise
+            log.error("reload: re-reading priority arrays failed; using the ones read before applying",
+                      exc_info=True)
         for did, dcfg in new.drivers.items():
             if did not in self.drivers:
                 self.points.apply_driver(dcfg, pa)
@@ -596,10 +653,23 @@ class Gateway:
         with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as sigs:
             async for sig in sigs:
                 if sig == signal.SIGHUP:
-                    self._core_nursery.start_soon(self.reload, "SIGHUP")
+                    self._core_nursery.start_soon(self._reload_guarded, "SIGHUP")
                 else:
                     log.info("received %s", signal.Signals(sig).name)
                     self.shutdown()
+
+
+def _release_memory() -> None:
+    """Collect garbage and hand freed heap pages back to the OS (glibc ``malloc_trim``), best effort."""
+    import gc
+
+    gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def _min_stale(points: PointTable) -> float:

@@ -11,6 +11,10 @@ under ``plugins/``) that defines functions marked with
 dotted module path in the TOML (``plugin = "mypkg.myplugin"`` in a driver or
 connector table, or ``plugins = ["mypkg.myplugin"]`` at the top level). Only
 plugins that the configuration uses are imported.
+
+The host calls every hook through pluggy (so ``@hookimpl(specname=...)`` and
+pluggy's hook options work), one plugin at a time, on the daemon's main thread
+(never from the worker threads that read and validate a configuration).
 """
 
 from __future__ import annotations

@@ -5,6 +5,15 @@ The host decides what loads: only the entry points whose names the TOML uses
 dotted path. First-party plugins go through exactly the same path as third-party
 ones. A plugin whose optional dependency is missing fails with one line naming
 the extra to install.
+
+Threads: a :class:`PluginRegistry` belongs to the thread that made it (the trio
+thread in the daemon). Only that thread imports and registers plugins
+(:meth:`PluginRegistry.load_for`, :meth:`~PluginRegistry.load_module`,
+:meth:`~PluginRegistry.load_entry_point`); a call from another thread is refused
+with an error line, so a reload that parses and validates in a worker thread can
+never mutate the shared registry. Lookups (``get``, ``available``) are safe anywhere.
+Hooks are always called through pluggy (``pm.hook`` / a subset caller), never by
+reaching into a module with ``getattr``.
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ import importlib
 import importlib.metadata
 import logging
 import sys
+import threading
 from typing import Any
 
 import pluggy
@@ -82,6 +92,33 @@ class PluginRegistry:
         self.types = TypeRegistry()
         self.loaded: dict[str, Any] = {}  # module name -> module
         self.failed: dict[str, str] = {}
+        self.owner_thread = threading.get_ident()
+
+    def _wrong_thread(self, what: str) -> str | None:
+        if threading.get_ident() == self.owner_thread:
+            return None
+        return (f"plugin {what!r} cannot be loaded from this thread: plugins are loaded only on the thread that "
+                "owns the plugin registry (the daemon's main thread)")
+
+    def load_for(self, raw: Any, *, entry_points: bool = True) -> dict[tuple[str, str], str]:
+        """Load every plugin a :class:`gatewayd.config.RawConfig` names, on this (the owner) thread.
+
+        Returns ``{("module", dotted) | ("entry_point", type name): error line}`` for
+        the ones that failed; :func:`gatewayd.config.validate_config` reports them at
+        the right keys. Entry points are tried only for types no loaded plugin
+        registered (``entry_points=False`` skips them).
+        """
+        errors: dict[tuple[str, str], str] = {}
+        for kind, name in raw.plugins_needed():
+            if kind == "module":
+                err = self.load_module(name)
+            else:
+                if not entry_points or self.get("driver", name) is not None or self.get("connector", name) is not None:
+                    continue
+                err = self.load_entry_point(name)
+            if err:
+                errors[(kind, name)] = err
+        return errors
 
     # ----- lookups
     def get(self, kind: str, name: str) -> type | None:
@@ -97,14 +134,16 @@ class PluginRegistry:
     def _register_module(self, mod: Any, origin: str) -> str | None:
         if mod.__name__ in self.loaded:
             return None
+        wrong = self._wrong_thread(origin)
+        if wrong:
+            return wrong
         self.types._current = origin
         try:
             self.pm.register(mod, name=mod.__name__)
             self.pm.check_pending()
-            # call the hook of this plugin only
-            impl = getattr(mod, "gatewayd_register", None)
-            if impl is not None:
-                impl(registry=self.types)
+            # call the hook of this plugin only, through pluggy
+            others = [p for p in self.pm.get_plugins() if p is not mod]
+            self.pm.subset_hook_caller("gatewayd_register", remove_plugins=others)(registry=self.types)
         except PluginLoadError as e:
             self._safe_unregister(mod)
             return str(e)
@@ -127,6 +166,9 @@ class PluginRegistry:
         """Load a plugin by dotted module path; returns an error line or None."""
         if dotted in self.loaded:
             return None
+        wrong = self._wrong_thread(dotted)
+        if wrong:
+            return wrong
         try:
             mod = importlib.import_module(dotted)
         except ModuleNotFoundError as e:
@@ -141,6 +183,9 @@ class PluginRegistry:
         """Load the entry point ``name`` of group ``gatewayd.plugins``; returns an error line or None."""
         if name in self.failed:
             return self.failed[name]
+        wrong = self._wrong_thread(name)
+        if wrong:
+            return wrong
         eps = [ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP) if ep.name == name]
         if not eps:
             return None  # caller reports "unknown type" with the list of available ones
@@ -170,4 +215,19 @@ class PluginRegistry:
 
     @property
     def hook(self):
+        """pluggy's hook relay (``registry.hook.gatewayd_rpc_methods(...)``)."""
         return self.pm.hook
+
+    def add_rpc_methods(self, methods: Any, gateway: Any) -> list[str]:
+        """Call every loaded plugin's ``gatewayd_rpc_methods`` hook through pluggy, one plugin at a time,
+        so one plugin's failure neither stops the others nor the caller. Returns error lines."""
+        errors = []
+        for impl in self.pm.hook.gatewayd_rpc_methods.get_hookimpls():
+            others = [p for p in self.pm.get_plugins() if p is not impl.plugin]
+            try:
+                self.pm.subset_hook_caller("gatewayd_rpc_methods", remove_plugins=others)(registry=methods,
+                                                                                          gateway=gateway)
+            except Exception as e:
+                log.error("plugin %s failed to add its RPC methods", impl.plugin_name, exc_info=True)
+                errors.append(f"plugin {impl.plugin_name}: {type(e).__name__}: {e}")
+        return errors

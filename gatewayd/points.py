@@ -3,7 +3,7 @@
 Drivers report raw readings through a :class:`PointSink` (the only way in). The
 table turns a raw reading into the point's value::
 
-    value = convert((raw * scale + offset) + calibration)      # analog
+    value = convert(raw * scale + offset) + calibration        # analog
     value = bool(raw)                                            # binary
     value = int(raw)                                             # multistate
     value = str(raw)                                             # string
@@ -201,10 +201,12 @@ class PointState:
                 raise ValueError(f"analog point got non-numeric {raw!r}")
             if cfg.scale == 1.0 and cfg.offset == 0.0 and cfg.calibration == 0.0 and self.conv is None:
                 return raw
-            v = raw * cfg.scale + cfg.offset + cfg.calibration
+            # calibration comes last, in the point's unit (after conversion), as Haxall's
+            # curCalibration after curConvert: "+0.5" on a °F point is +0.5 °F
+            v = raw * cfg.scale + cfg.offset
             if self.conv is not None:
                 v = self.conv(v)
-            return v
+            return v + cfg.calibration
         if kind == "binary":
             return bool(raw)
         if kind == "multistate":
@@ -216,10 +218,10 @@ class PointState:
         cfg = self.cfg
         if value is None or cfg.kind != "analog":
             return value
-        v = value
+        v = value - cfg.calibration
         if self.conv is not None:
             v = self.conv.back(v)
-        v = (v - cfg.calibration - cfg.offset)
+        v = v - cfg.offset
         if cfg.scale != 1.0:
             v = v / cfg.scale
         if isinstance(value, int) and cfg.scale == 1.0 and self.conv is None and float(v).is_integer():

@@ -20,6 +20,7 @@ retention = 2
 type = "counter"
 plugin = "ext_plugins.counter"
 interval = "5ms"
+[drivers.c.devices.d]
 [drivers.c.devices.d.points.n]
 [drivers.c.devices.d.points.m]
 step = 3

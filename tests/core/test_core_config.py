@@ -29,7 +29,7 @@ BROKEN = [
     ("syntax", """
         [gateway
         id = "x"
-        """, ["gw.toml:1:9: TOML syntax error: Unexpected character: '\\n'"]),
+        """, ["gw.toml:1:9: TOML syntax error: Expected ']' at the end of a table declaration"]),
     ("unknown-top", """
         [gatway]
         id = "x"
@@ -73,9 +73,10 @@ BROKEN = [
     ("unknown-unit", """
         [drivers.sim]
         type = "sim"
+        [drivers.sim.devices.d]
         [drivers.sim.devices.d.points.t]
         convert = "°C => furlongs"
-        """, ["gw.toml:4:1: drivers.sim.devices.d.points.t.convert: unknown unit 'furlongs' in convert '°C => furlongs' (see the unit table in the README)"]),
+        """, ["gw.toml:5:1: drivers.sim.devices.d.points.t.convert: unknown unit 'furlongs' in convert '°C => furlongs' (see the unit table in the README)"]),
     ("duplicate-device", """
         [drivers.a]
         type = "sim"
@@ -88,9 +89,10 @@ BROKEN = [
         [drivers.x]
         type = "counter"
         plugin = "ext_plugins.counter"
+        [drivers.x.devices.d]
         [drivers.x.devices.d.points.p]
         description = { env = "GATEWAYD_TEST_SURELY_UNSET" }
-        """, ["gw.toml:5:1: drivers.x.devices.d.points.p.description: environment variable 'GATEWAYD_TEST_SURELY_UNSET' is not set"]),
+        """, ["gw.toml:6:1: drivers.x.devices.d.points.p.description: environment variable 'GATEWAYD_TEST_SURELY_UNSET' is not set"]),
     ("bad-id", """
         [drivers."bad id"]
         type = "sim"
@@ -110,11 +112,12 @@ BROKEN = [
         points = { t = { signal = "sinus" } }
         """, ["gw.toml:4:12: drivers.sim.devices.d.points.t.signal must be one of 'sine', 'random', 'ramp', 'counter', 'toggle', 'state', 'setpoint', 'follow', got 'sinus' (did you mean 'sine'?)"]),
     ("negative-range", """
+        [drivers.sim.devices.d]
         [drivers.sim.devices.d.points.t]
         cov_deadband = -1
         [drivers.sim]
         type = "sim"
-        """, ["gw.toml:2:1: drivers.sim.devices.d.points.t.cov_deadband must be >= 0, got -1"]),
+        """, ["gw.toml:3:1: drivers.sim.devices.d.points.t.cov_deadband must be >= 0, got -1"]),
 ]
 
 
@@ -219,10 +222,11 @@ def test_external_plugin_by_dotted_path_validates_its_keys(tmp_path):
         [drivers.x]
         type = "counter"
         plugin = "ext_plugins.counter"
+        [drivers.x.devices.d]
         [drivers.x.devices.d.points.p]
         stepp = 2
         """)
-    assert got == ["gw.toml:5:1: unknown key 'stepp' in [drivers.x.devices.d.points.p] (did you mean 'step'?)"]
+    assert got == ["gw.toml:6:1: unknown key 'stepp' in [drivers.x.devices.d.points.p] (did you mean 'step'?)"]
 
 
 def test_key_positions_handle_quoted_and_dotted_keys():

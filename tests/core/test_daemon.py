@@ -15,6 +15,7 @@ COUNTERS = """
 type = "counter"
 plugin = "ext_plugins.counter"
 interval = "20ms"
+[drivers.a.devices.da]
 [drivers.a.devices.da.points.n]
 writable = true
 relinquish_default = 0
@@ -25,6 +26,7 @@ step = 2
 type = "counter"
 plugin = "ext_plugins.counter"
 interval = "20ms"
+[drivers.b.devices.db]
 [drivers.b.devices.db.points.n]
 """
 
@@ -177,6 +179,7 @@ async def test_asyncio_library_call_under_the_daemon_is_cancelled_cleanly(tmp_pa
         type = "aio_probe"
         plugin = "ext_plugins.aio_probe"
         port = {port}
+        [drivers.p.devices.d]
         [drivers.p.devices.d.points.v]
         """) as gw:
         conn, _ = await listener.accept()

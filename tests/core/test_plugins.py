@@ -86,3 +86,25 @@ def test_plugin_face_is_pinned():
     ])
     for name in face.__all__:
         assert getattr(face, name) is not None
+
+
+async def test_hooks_are_called_through_pluggy_one_plugin_at_a_time(tmp_path, monkeypatch):
+    """Implementations named otherwise (``specname=``) are found, a failing rpc hook spares the others."""
+    from gatewayd.testing import rpc, run_gateway
+
+    (tmp_path / "specname_plugin.py").write_text(
+        "from gatewayd.plugin import hookimpl\nfrom gatewayd.rpc import Role\nfrom ext_plugins.counter import CounterDriver\n"
+        "@hookimpl(specname='gatewayd_register')\ndef types(registry):\n"
+        "    registry.add_driver('renamed', type('Renamed', (CounterDriver,), {}))\n"
+        "@hookimpl(specname='gatewayd_rpc_methods')\ndef methods(registry, gateway):\n"
+        "    async def hello(call):\n        return 'hello'\n"
+        "    registry.add('renamed.hello', hello, role=Role.VIEWER)\n")
+    (tmp_path / "broken_rpc_plugin.py").write_text(
+        "from gatewayd.plugin import hookimpl\n"
+        "@hookimpl\ndef gatewayd_rpc_methods(registry, gateway):\n    raise RuntimeError('broken on purpose')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    async with run_gateway(tmp_path, f'plugins = ["broken_rpc_plugin"]\n[gateway]\nid = "t"\n'
+                                     f'state_dir = "{tmp_path}/var"\n[control]\nsocket = "{tmp_path}/var/g.sock"\n'
+                                     '[drivers.r]\ntype = "renamed"\nplugin = "specname_plugin"\n') as gw:
+        assert gw.drivers["r"].cls.__name__ == "Renamed"
+        assert await rpc(gw, "renamed.hello") == "hello"

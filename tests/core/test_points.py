@@ -39,13 +39,13 @@ def events(sub, cls=None):
 
 def test_scale_offset_calibration_and_unit_conversion():
     t, sub, sink = make_table([pc("t", scale=0.1, offset=-40.0, calibration=0.5, unit="°C", convert="°C => °F")])
-    sink.update("dev/t", 650)  # 65.0 - 40 + 0.5 = 25.5 °C = 77.9 °F
+    sink.update("dev/t", 650)  # 65.0 - 40 = 25 °C = 77 °F, + 0.5 °F calibration (in the point's unit) = 77.5 °F
     p = t.get("dev/t")
-    assert p.value == pytest.approx(77.9)
+    assert p.value == pytest.approx(77.5)
     assert p.unit == "°F"
     ev, = events(sub, ValueChanged)
-    assert (ev.point, ev.value, ev.unit, ev.status) == ("dev/t", pytest.approx(77.9), "°F", "ok")
-    assert p.convert_out(77.9) == pytest.approx(650)  # the inverse used for writes
+    assert (ev.point, ev.value, ev.unit, ev.status) == ("dev/t", pytest.approx(77.5), "°F", "ok")
+    assert p.convert_out(77.5) == pytest.approx(650)  # the inverse used for writes
 
 
 @pytest.mark.parametrize("spec,x,y", [

@@ -12,6 +12,7 @@ flush_interval = "60s"
 type = "counter"
 plugin = "ext_plugins.counter"
 interval = "20ms"
+[drivers.c.devices.d1]
 [drivers.c.devices.d1.points.n]
 
 [connectors.up]

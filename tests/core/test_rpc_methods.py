@@ -19,6 +19,7 @@ type = "counter"   # counts
 plugin = "ext_plugins.counter"
 interval = "20ms"
 
+[drivers.c.devices.d1]
 [drivers.c.devices.d1.points.n]
 tags = ["t1"]
 
@@ -137,6 +138,7 @@ async def test_interval_history_samples_every_interval_regardless_of_changes(tmp
         type = "counter"
         plugin = "ext_plugins.counter"
         interval = "10ms"
+        [drivers.c.devices.d1]
         [drivers.c.devices.d1.points.n]
         [drivers.c.devices.d1.points.cov]
         history = "cov"

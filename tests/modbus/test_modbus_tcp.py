@@ -308,7 +308,7 @@ def test_config_errors_name_the_missing_keys(tmp_path):
     from gatewayd.config import ConfigError, load_config
 
     p = tmp_path / "g.toml"
-    p.write_text('[drivers.mb]\ntype = "modbus"\n[drivers.mb.devices.x.points.p]\ntype = "string"\ngroup = "fast"\n'
+    p.write_text('[drivers.mb]\ntype = "modbus"\n[drivers.mb.devices.x]\n[drivers.mb.devices.x.points.p]\ntype = "string"\ngroup = "fast"\n'
                  '[drivers.mb.devices.y]\ntransport = "rtu"\n')
     with pytest.raises(ConfigError) as ei:
         load_config(str(p))
