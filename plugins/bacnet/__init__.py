@@ -14,6 +14,7 @@ work lives in :mod:`.stack` (asyncio thread), :mod:`.reading` (batch plans) and
 
 from __future__ import annotations
 
+import difflib
 import re
 import time
 from functools import partial
@@ -30,8 +31,25 @@ from .stack import BacnetError, Stack
 EXTRA = "bacnet"
 DEFAULT_PORT = 47808
 
+MODES = ("ip", "ipv6", "foreign")
+#: network modes a site may name that gatewayd does not speak yet (value: what to tell the operator)
+PLANNED_MODES = {"mstp": "BACnet MS/TP"}
+
+
+def _check_mode(value: str) -> str | None:
+    """Schema check of a network's ``mode``: a planned mode is a clear refusal, not an unknown word."""
+    if value in MODES:
+        return None
+    if value in PLANNED_MODES:
+        return (f"mode \"{value}\" ({PLANNED_MODES[value]}) is planned, not supported yet: use an MS/TP-to-IP "
+                "router and mode = \"ip\" (see plugins/bacnet/README.md, \"MS/TP\")")
+    close = difflib.get_close_matches(value, MODES, n=1)
+    return f"must be one of {', '.join(MODES)}, got {value!r}" + (f" (did you mean {close[0]!r}?)"
+                                                                         if close else "")
+
+
 NETWORK_SCHEMA = Schema({
-    "mode": Key(Enum("ip", "ipv6", "foreign"), "ip", "ip: BACnet/IP on a local subnet; ipv6: BACnet/IPv6 "
+    "mode": Key(Str(check=_check_mode), "ip", "ip: BACnet/IP on a local subnet; ipv6: BACnet/IPv6 "
                                                     "(Annex U); foreign: register with a BBMD"),
     "address": Key(Str(), None, "local address with prefix for the broadcast domain, e.g. \"192.168.1.10/24\"; "
                                 "ipv6: e.g. \"fd00::10\" or \"[fe80::10%eth0]:47808\""),
@@ -169,7 +187,11 @@ class BacnetDriver(Driver):
             yield (("server_device_instance",), f"driver {config.id}: missing required key "
                                                 "'server_device_instance' (our own BACnet device instance)")
         for name, n in nets.items():
-            if n["mode"] == "ipv6":
+            # a key that failed its own check is absent here (its error is already reported)
+            mode = n.get("mode")
+            if mode is None:
+                continue
+            if mode == "ipv6":
                 if not n.get("address"):
                     yield (("networks", name, "address"), f"network {name}: mode = \"ipv6\" needs address "
                                                           "(e.g. \"fd00::10\")")
@@ -178,7 +200,8 @@ class BacnetDriver(Driver):
                 for key, check in ([("address", parse_ipv6)] if n.get("address") else []) + \
                         ([("vmac", parse_vmac)] if n.get("vmac") else []):
                     try:
-                        check(n[key].split("/")[0] if key == "address" and not n[key].startswith("[") else n[key])
+                        v = n[key]
+                        check(v.split("/")[0] if key == "address" and not v.startswith("[") else v)
                     except ValueError as e:
                         yield (("networks", name, key), f"network {name}: {e}")
                 for vm, addr in (n.get("peers") or {}).items():
@@ -191,11 +214,11 @@ class BacnetDriver(Driver):
                 if not (dnet.isdigit() and 1 <= int(dnet) <= 65534):
                     yield (("networks", name, "routes", dnet), f"network {name}: routes: {dnet!r} is not a "
                                                                "network number (1..65534)")
-            if n["mode"] != "ipv6" and (n.get("vmac") or n.get("peers")):
+            if mode != "ipv6" and (n.get("vmac") or n.get("peers")):
                 yield (("networks", name), f"network {name}: vmac and peers are only for mode = \"ipv6\"")
-            if n["mode"] == "foreign" and not n.get("bbmd_addr"):
+            if mode == "foreign" and not n.get("bbmd_addr"):
                 yield (("networks", name, "bbmd_addr"), f"network {name}: mode = \"foreign\" needs bbmd_addr")
-            if n["mode"] != "foreign" and n.get("bbmd_addr"):
+            if mode != "foreign" and n.get("bbmd_addr"):
                 yield (("networks", name, "bbmd_addr"), f"network {name}: bbmd_addr is only for mode = \"foreign\"")
             if not n.get("address") and not n.get("interface"):
                 yield (("networks", name), f"network {name}: set address (e.g. \"192.168.1.10/24\") or interface")
