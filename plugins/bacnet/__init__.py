@@ -100,6 +100,13 @@ def norm_objid(s: str) -> str:
     return f"{t},{int(i)}"
 
 
+def write_error_kind(e: BacnetError) -> str:
+    """The :class:`WriteError` kind of a failed WriteProperty (CONTRACTS C3): the device's
+    Error/Reject/Abort is "refused" (nothing was applied), a value we could not encode
+    "encode", no answer "timeout" (it may have been applied), a socket failure "transport"."""
+    return {"timeout": "timeout", "transport": "transport", "invalid": "encode"}.get(e.kind, "refused")
+
+
 def flags_of(sf) -> tuple[str, ...]:
     if not sf:
         return ()
@@ -836,8 +843,7 @@ class BacnetDriver(Driver):
             await self.aio.run(partial(stack.write, d.address, oid, b["property"], value, priority, b.get("index")))
             d.requests += 1
         except BacnetError as e:
-            kind = {"timeout": "timeout", "transport": "transport", "invalid": "encode"}.get(e.kind, "exception")
-            raise WriteError(f"{point.id}: {e}", kind=kind) from None
+            raise WriteError(f"{point.id}: {e}", kind=write_error_kind(e)) from None
         try:
             return await self.aio.run(stack.read, d.address, oid, b["property"], b.get("index"))
         except BacnetError as e:

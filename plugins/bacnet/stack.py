@@ -360,23 +360,30 @@ class Stack:
                     index: int | None = None) -> None:
         """WriteProperty; ``value=None`` writes NULL (relinquish at ``priority``)."""
         oid = ObjectIdentifier(object_id)
-        if value is None:
-            v: Any = Null(())
-        elif str(oid[0]) in ("binary-input", "binary-output", "binary-value") and prop == "present-value":
-            v = BinaryPV("active" if value else "inactive")
-        elif str(oid[0]).startswith("multi-state") and prop == "present-value":
-            v = Unsigned(int(value))
-        elif str(oid[0]).startswith("analog") and prop == "present-value":
-            v = Real(float(value))
-        else:
-            v = value
+        try:
+            if value is None:
+                v: Any = Null(())
+            elif str(oid[0]) in ("binary-input", "binary-output", "binary-value") and prop == "present-value":
+                v = BinaryPV("active" if value else "inactive")
+            elif str(oid[0]).startswith("multi-state") and prop == "present-value":
+                v = Unsigned(int(value))
+            elif str(oid[0]).startswith("analog") and prop == "present-value":
+                v = Real(float(value))
+            else:
+                v = value
+        except (TypeError, ValueError, OverflowError) as e:
+            raise BacnetError("invalid", f"cannot encode {value!r} for {object_id} {prop}: {e}") from None
         try:
             r = await self.app.write_property(self._addr(address), oid, PropertyIdentifier(prop), v,
                                               index, priority)
         except ErrorRejectAbortNack as e:
             raise _as_error(e) from None
-        except (TypeError, ValueError) as e:
+        except (TypeError, ValueError, OverflowError) as e:
             raise BacnetError("invalid", f"cannot encode {value!r} for {object_id} {prop}: {e}") from None
+        except asyncio.TimeoutError:
+            raise BacnetError("timeout", "no response") from None
+        except OSError as e:
+            raise BacnetError("transport", str(e)) from None
         if isinstance(r, ErrorRejectAbortNack):
             raise _as_error(r)
         if isinstance(r, str) and r.startswith("-no "):

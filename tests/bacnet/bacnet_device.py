@@ -1,7 +1,7 @@
 """A bacpypes3 BACnet/IP test device, run as a subprocess by the bacnet tests and bench.
 
     python bacnet_device.py --address 127.0.0.2:47810 --instance 1001 --objects 60 \
-        [--max-apdu 206] [--segmentation none|both] [--no-rpm] [--no-cov] [--bbmd] [--foreign BBMD --ttl 30]
+        [--max-apdu 206] [--segmentation none|both] [--no-rpm] [--no-cov] [--read-only analog-output,2] [--bbmd] [--foreign BBMD --ttl 30]
     python bacnet_device.py --ipv6 --address "[::1]:47810" --instance 1001 [--peer 0x000257=[::1]:47811]
 
 With ``--ipv6`` the device speaks BACnet/IPv6 through gatewayd's own IPv6 link
@@ -47,7 +47,7 @@ from bacpypes3.local.binary import BinaryInputObject, BinaryOutputObject, Binary
 from bacpypes3.local.device import DeviceObject
 from bacpypes3.local.multistate import MultiStateInputObject, MultiStateOutputObject, MultiStateValueObject
 from bacpypes3.pdu import Address, IPv4Address
-from bacpypes3.primitivedata import ObjectIdentifier
+from bacpypes3.primitivedata import ObjectIdentifier, Unsigned
 
 KINDS = ["analog-input", "analog-output", "analog-value", "binary-input", "binary-output", "binary-value",
          "multi-state-input", "multi-state-output", "multi-state-value"]
@@ -90,6 +90,7 @@ class TestApp(Application):
     no_rpm = False
     no_cov = False
     cov_silent = False
+    read_only: set = set()  # "type,instance": present-value writes get write-access-denied
 
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
@@ -100,6 +101,18 @@ class TestApp(Application):
         if self.no_rpm:
             raise UnrecognizedService("no RPM here")
         return await super().do_ReadPropertyMultipleRequest(apdu)
+
+    async def do_WritePropertyRequest(self, apdu):
+        oid = apdu.objectIdentifier
+        if f"{oid[0]},{oid[1]}" in self.read_only:
+            raise ExecutionError(errorClass="property", errorCode="writeAccessDenied")
+        obj = self.get_object_id(oid)
+        states = getattr(obj, "numberOfStates", None)
+        if states is not None and str(apdu.propertyIdentifier) == "present-value":
+            v = apdu.propertyValue.cast_out(Unsigned, null=apdu.priority is not None)
+            if v is not None and not 1 <= v <= states:  # as a real device checks a state number
+                raise ExecutionError(errorClass="property", errorCode="valueOutOfRange")
+        return await super().do_WritePropertyRequest(apdu)
 
     async def do_SubscribeCOVRequest(self, apdu):
         if self.no_cov:
@@ -180,6 +193,7 @@ def build(args) -> TestApp:
     )
     app = TestApp()
     app.no_rpm, app.no_cov, app.cov_silent = args.no_rpm, args.no_cov, args.cov_silent
+    app.read_only = set(args.read_only)
     app.asap = ApplicationServiceAccessPoint(device, app.device_info_cache)
     app.nsap = NetworkServiceAccessPoint()
     app.nse = NetworkServiceElement()
@@ -282,6 +296,8 @@ async def main() -> None:
     p.add_argument("--no-rpm", action="store_true")
     p.add_argument("--no-cov", action="store_true")
     p.add_argument("--cov-silent", action="store_true", help="accept COV subscriptions, never notify")
+    p.add_argument("--read-only", action="append", default=[], metavar="TYPE,INST",
+                   help="writes to this object are answered with write-access-denied")
     p.add_argument("--bbmd", action="store_true")
     p.add_argument("--foreign", default=None)
     p.add_argument("--ttl", type=int, default=30)

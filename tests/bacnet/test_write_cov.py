@@ -117,3 +117,34 @@ async def test_cov_refused_or_silent_falls_back_to_polling(tmp_path, devices):
         await wait_until(gw, lambda: pts["dev2301/ai1"].value == 12.5 and pts["dev2302/ai1"].value == 12.5,
                          what="polled values")
         assert gw.points.devices["dev2302"].extra["bacnet"]["cov"]["analog-input,1"] == "silent"
+
+
+async def test_rejected_writes_have_the_contract_kinds(tmp_path, devices):
+    """C3: what the device refuses is "refused", what cannot be encoded "encode", no answer "timeout"."""
+    d = devices(2021, 18, "--read-only", "analog-output,2")
+    async with run_gateway(tmp_path, bacnet_site([d])) as gw:
+        await _ready(gw, "dev2021/ao1", "dev2021/ai1")
+        inst = gw.drivers["bac"].instance
+        cfg = gw.points.points["dev2021/ao1"].cfg
+        denied = dataclasses.replace(cfg, binding={**cfg.binding, "object": "analog-output,2"})
+        with pytest.raises(WriteError, match="write-access-denied") as e:
+            await inst.write_priority(denied, 5.0, 8)
+        assert e.value.kind == "refused"
+        missing = dataclasses.replace(cfg, binding={**cfg.binding, "object": "analog-output,99"})
+        with pytest.raises(WriteError, match="unknown-object") as e:
+            await inst.write_priority(missing, 1.0, 8)
+        assert e.value.kind == "refused"
+        range_ = dataclasses.replace(cfg, binding={**cfg.binding, "object": "multi-state-output,1"},
+                                     kind="multistate")
+        with pytest.raises(WriteError, match="value-out-of-range") as e:
+            await inst.write_priority(range_, 7, 8)  # 3 states
+        assert e.value.kind == "refused", e.value
+        with pytest.raises(WriteError, match="cannot encode 'warm'") as e:
+            await inst.write_priority(cfg, "warm", 8)
+        assert e.value.kind == "encode"
+        # nothing of this reached the device's array
+        assert (await trio.to_thread.run_sync(d.priority_array, "analog-output,1")) == [None] * 16
+        await trio.to_thread.run_sync(d.kill)
+        with pytest.raises(WriteError) as e:
+            await inst.write_priority(cfg, 3.0, 8)
+        assert e.value.kind == "timeout", e.value
