@@ -14,7 +14,10 @@ work lives in :mod:`.stack` (asyncio thread), :mod:`.reading` (batch plans) and
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import hashlib
+import json
 import re
 import time
 from functools import partial
@@ -332,6 +335,7 @@ class BacnetDriver(Driver):
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED):
         self.aio = await self.ctx.asyncio()
+        await self._forget_if_reconfigured()
         for d in self.devs.values():
             self._load_learned(d)
         async with self.aio.channel(max_buffer=100_000) as (send, inbox):
@@ -448,6 +452,27 @@ class BacnetDriver(Driver):
         if learned.get("object_count") is not None:
             d.object_count = int(learned["object_count"])
         self._show(d)
+
+    def config_digest(self) -> str:
+        """A digest of this driver's whole configuration (settings, devices, points)."""
+        text = json.dumps(dataclasses.asdict(self.config), sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    async def _forget_if_reconfigured(self) -> None:
+        """At start: when the configuration differs from the one the devices were learned under
+        (a reload restarted us for a changed device, address, accepted device or any other key),
+        forget everything learned; a plain daemon or crash restart keeps it (CONTRACTS C5)."""
+        digest = self.config_digest()
+        stored = self.ctx.kv_get("learned_config")
+        if stored == digest:
+            return
+        keys = [k for k, _v in self.ctx.kv_items("learned/")]
+        if stored is not None and keys:
+            self.log.info("configuration changed: forgetting what %s taught us (read mode, RPM batch cap, "
+                          "object count)", ", ".join(k.split("/", 1)[1] for k in keys))
+        for k in keys:
+            await self.ctx.kv_delete(k)
+        await self.ctx.kv_set("learned_config", digest)
 
     async def clear_learned(self, device_id: str) -> dict:
         """Forget what a device taught us (ReadProperty fallback, smaller RPM batches): the next

@@ -17,6 +17,7 @@ from stdin, one per line, answering ``OK`` (or ``ERR <reason>``):
     add <type>,<instance>             add an object (object-list grows)
     pa <type>,<instance>              print the priority array as JSON
     subs                              number of active COV subscriptions (object and property)
+    rpm                               number of ReadPropertyMultiple requests received so far
     status                            what ReinitializeDevice / DeviceCommunicationControl / UTC time sync did
     iam <host:port>                   send an I-Am there
     read <host:port> <type>,<inst> <property>   ReadProperty from another device
@@ -96,8 +97,10 @@ class TestApp(Application):
         super().__init__(*a, **kw)
         self.prop_subs = {}  # (addr, proc, objid) -> (confirmed, increment, last)
         self.log = {}  # what device management requests did
+        self.rpm_requests = 0  # ReadPropertyMultiple requests received (answered or refused)
 
     async def do_ReadPropertyMultipleRequest(self, apdu):
+        self.rpm_requests += 1
         if self.no_rpm:
             raise UnrecognizedService("no RPM here")
         return await super().do_ReadPropertyMultipleRequest(apdu)
@@ -249,6 +252,8 @@ async def command(app: TestApp, line: str) -> str:
     if cmd == "read":
         value = await app.read_property(_addr(parts[1]), ObjectIdentifier(parts[2]), parts[3])
         return f"VALUE {value}"
+    if cmd == "rpm":
+        return f"RPM {app.rpm_requests}"
     if cmd == "subs":
         n = sum(len(det.cov_subscriptions) for det in app._cov_detections.values()) + len(app.prop_subs)
         return f"SUBS {n}"
