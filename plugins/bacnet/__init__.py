@@ -314,6 +314,15 @@ class BacnetDriver(Driver):
         bbmd = n.get("bbmd_addr")
         if bbmd and ":" not in bbmd:
             bbmd = f"{bbmd}:{DEFAULT_PORT}"
+        if n["mode"] != "ipv6" and n["port"] != 0:
+            # bacpypes3 retries a failed bind forever (SO_REUSEPORT): try the address ourselves first,
+            # without SO_REUSEPORT, so a port held by anyone else is a clear start error at once
+            from .bindcheck import probe_bind
+
+            host = addr.rsplit(":", 1)[0].split("/")[0]
+            problem = await trio.to_thread.run_sync(probe_bind, host, int(addr.rsplit(":", 1)[1]))
+            if problem:
+                raise RuntimeError(f"network {name}: {problem}")
         try:
             stack = await self.aio.run_sync(partial(
                 Stack, name, n["mode"], addr, s["server_device_instance"], s["server_device_name"],
@@ -322,16 +331,37 @@ class BacnetDriver(Driver):
         except BacnetError as e:
             raise RuntimeError(f"network {name}: {e.reason}") from None
         self.stacks[name] = stack
+        failure = None
         with trio.move_on_after(10) as cs:
-            await self.aio.run(stack.ready)
-        if cs.cancelled_caught:
-            raise RuntimeError(f"network {name}: cannot bind {addr} (address not on this host, or in use)")
+            try:
+                await self.aio.run(stack.ready)
+            except OSError as e:
+                failure = e
+        if cs.cancelled_caught or failure is not None:
+            await self.aio.run_sync(stack.close)
+            del self.stacks[name]
+            raise RuntimeError(f"network {name}: {await self._bind_problem(n, addr, failure)}") from None
         self.net_status[name] = {"mode": n["mode"], "address": addr, "registration": None}
         if n["mode"] == "ipv6":
             self.net_status[name]["vmac"] = stack.vmac
         if n["mode"] == "foreign":
             self.net_status[name].update(bbmd=bbmd, ttl=n["ttl"], registration="pending")
         self.log.info("network %s: %s on %s%s", name, n["mode"], addr, f" (BBMD {bbmd})" if bbmd else "")
+
+    async def _bind_problem(self, n: dict, addr: str, failure: OSError | None) -> str:
+        """Why the network's socket did not bind: the address, and who holds the port when the OS says."""
+        from .bindcheck import probe_bind
+
+        host = addr.rsplit(":", 1)[0].split("/")[0].strip("[]").split("%")[0]
+        port = int(addr.rsplit(":", 1)[1])
+        try:
+            msg = await trio.to_thread.run_sync(probe_bind, host, port)
+        except (OSError, ValueError):
+            msg = None
+        if msg:
+            return msg
+        why = f"{failure.strerror or failure}" if failure is not None else "no answer from the socket within 10s"
+        return f"cannot bind UDP {addr} ({why}; address not on this host, or in use)"
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED):
         self.aio = await self.ctx.asyncio()
