@@ -110,6 +110,10 @@ def write_error_kind(e: BacnetError) -> str:
     return {"timeout": "timeout", "transport": "transport", "invalid": "encode"}.get(e.kind, "refused")
 
 
+def _objects_n(n: int) -> str:
+    return f"{n} object" if n == 1 else f"{n} objects"
+
+
 def flags_of(sf) -> tuple[str, ...]:
     if not sf:
         return ()
@@ -140,6 +144,9 @@ class _Dev:
         self.cov_event = trio.Event()
         self.requests = 0
         self.values = 0
+        self.cov_rounds = 0  # (re)subscription rounds completed
+        self.cov_resumed: list[str] = []  # silent objects whose notifications came back, not yet logged
+        self.cov_resumed_reports = 0
         self.cycles = 0
         self.object_count: int | None = None
         self.resolved = trio.Event()
@@ -263,6 +270,7 @@ class BacnetDriver(Driver):
         self.by_inst: dict[tuple[str, int], _Dev] = {}
         self.seen: dict[tuple[str, int], dict] = {}
         self.listeners: list = []
+        self._nursery: trio.Nursery | None = None
         self.new_since_cycle: set = set()
         self._changed = trio.Event()
         self.stats = {"requests": 0, "values": 0, "properties": 0, "cov_notifications": 0, "i_ams": 0, "errors": 0,
@@ -374,6 +382,7 @@ class BacnetDriver(Driver):
                     await self._open_network(name, n, send)
                 task_status.started()
                 async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
                     nursery.start_soon(self._pump, inbox)
                     for name, n in self.net_status.items():
                         if n["mode"] == "foreign":
@@ -831,12 +840,19 @@ class BacnetDriver(Driver):
             with trio.move_on_after(s["cov_silence"]):
                 while any(sub.get("awaiting") and sub["state"] in ("pending", "active") for sub in d.subs.values()):
                     await d.cov_event.wait()
+            went_silent = []
             for oid, sub in d.subs.items():
                 if sub.get("awaiting") and sub["state"] in ("pending", "active"):
-                    log.warning("no COV notification for %s within %gs of subscribing: polling it", oid,
-                                s["cov_silence"])
+                    if not sub.get("silent"):
+                        went_silent.append(oid)
                     sub["state"] = "silent"
+                    sub["silent"] = True
                 sub["awaiting"] = False
+            if went_silent:  # once per device and round, only for objects not already known silent
+                log.warning("no COV notification within %gs of subscribing for %s: polling %s (%s)",
+                            s["cov_silence"], _objects_n(len(went_silent)),
+                            "it" if len(went_silent) == 1 else "them", ", ".join(went_silent))
+            d.cov_rounds += 1
             self._show(d)
             self._bump()
             await trio.sleep_until(t0 + lifetime * s["cov_renew"])
@@ -855,15 +871,32 @@ class BacnetDriver(Driver):
         sub["awaiting"] = False
         d.cov_event.set()
         d.cov_event = trio.Event()
+        if sub.get("silent"):  # silent before, whatever a renewal made of its state meanwhile
+            sub["silent"] = False
+            d.cov_resumed.append(oid)
+            if len(d.cov_resumed) == 1 and self._nursery is not None:
+                self._nursery.start_soon(self._report_resumed, d)
         if sub["state"] in ("pending", "silent", "failed"):
-            if sub["state"] == "silent":
-                self.ctx.device_log(d.id).info("COV notifications for %s resumed", oid)
             sub["state"] = "active"
             self._show(d)
         props = {(k, None): (v, None) for k, v in values.items()}
         n = self._apply(o, props, self.sink.now())
         d.values += n
         self.stats["values"] += n
+        self._bump()
+
+    async def _report_resumed(self, d: _Dev) -> None:
+        """One log line per device when silent COV subscriptions come back: wait until every silent
+        object has notified again, or ``cov_silence`` has passed, then log how many resumed."""
+        with trio.move_on_after(self.config.settings["cov_silence"]):
+            while any(sub.get("silent") for sub in d.subs.values()):
+                await d.cov_event.wait()
+        resumed, d.cov_resumed = d.cov_resumed, []
+        still = sum(1 for sub in d.subs.values() if sub.get("silent"))
+        self.ctx.device_log(d.id).info("COV notifications resumed for %s (of %d subscribed)%s",
+                                       _objects_n(len(resumed)), len(d.subs),
+                                       f"; {still} still silent, polled" if still else "")
+        d.cov_resumed_reports += 1
         self._bump()
 
     async def _cancel_all_subscriptions(self) -> None:

@@ -18,6 +18,7 @@ from stdin, one per line, answering ``OK`` (or ``ERR <reason>``):
     pa <type>,<instance>              print the priority array as JSON
     subs                              number of active COV subscriptions (object and property)
     rpm                               number of ReadPropertyMultiple requests received so far
+    silent 1|0                        stop / resume sending COV notifications (as --cov-silent)
     status                            what ReinitializeDevice / DeviceCommunicationControl / UTC time sync did
     iam <host:port>                   send an I-Am there
     read <host:port> <type>,<inst> <property>   ReadProperty from another device
@@ -252,6 +253,9 @@ async def command(app: TestApp, line: str) -> str:
     if cmd == "read":
         value = await app.read_property(_addr(parts[1]), ObjectIdentifier(parts[2]), parts[3])
         return f"VALUE {value}"
+    if cmd == "silent":
+        app.cov_silent = parts[1] == "1"
+        return "OK"
     if cmd == "rpm":
         return f"RPM {app.rpm_requests}"
     if cmd == "subs":

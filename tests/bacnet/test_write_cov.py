@@ -1,6 +1,7 @@
 """Writes at a priority with relinquish, the device's priority array over RPC, COV subscriptions."""
 
 import dataclasses
+import logging
 
 import pytest
 import trio
@@ -148,3 +149,30 @@ async def test_rejected_writes_have_the_contract_kinds(tmp_path, devices):
         with pytest.raises(WriteError) as e:
             await inst.write_priority(cfg, 3.0, 8)
         assert e.value.kind == "timeout", e.value
+
+
+async def test_cov_silence_and_resume_are_logged_once_per_device_with_the_count(tmp_path, devices, caplog):
+    d = devices(2401, 27, "--cov-silent")
+    objs = [f"{k},{i}" for k in ("analog-input", "analog-output", "analog-value") for i in (1, 2, 3)]
+    objs.append("binary-output,1")
+    points = "".join(f'\n[drivers.bac.devices.{{dev}}.points.p{n}]\nobject = "{o}"\n'
+                     + ('kind = "binary"\n' if o.startswith("binary") else "") for n, o in enumerate(objs))
+    site = bacnet_site([d], extra_driver='cov_silence = "1s"\ncov_lifetime = "10s"\ncov_renew = 0.15',
+                       device_extra='cov = "object"', points=points, poll="500ms")
+    caplog.set_level(logging.INFO, logger="gatewayd")
+    async with run_gateway(tmp_path, site) as gw:
+        inst = gw.drivers["bac"].instance
+        dev = inst.devs["dev2401"]
+        states = lambda: [dev.subs.get(o, {}).get("state") for o in objs]  # noqa: E731
+        await inst.until(lambda: states() == ["silent"] * 10, what="all silent")
+        # renewals of still-silent subscriptions say nothing new
+        await inst.until(lambda: dev.cov_rounds >= 3, what="two renewals")
+        silent = [r.getMessage() for r in caplog.records if "no COV notification" in r.getMessage()]
+        assert silent == ["no COV notification within 1s of subscribing for 10 objects: polling them "
+                          f"({', '.join(objs)})"], silent
+        caplog.clear()
+        await trio.to_thread.run_sync(d.cmd, "silent 0")
+        await inst.until(lambda: dev.cov_resumed_reports >= 1, timeout=10, what="resume report")
+        assert states() == ["active"] * 10
+        resumed = [r.getMessage() for r in caplog.records if "resumed" in r.getMessage()]
+        assert resumed == ["COV notifications resumed for 10 objects (of 10 subscribed)"], resumed
