@@ -167,8 +167,10 @@ class BacnetDriver(Driver):
         "monitor_missed": Key(Int(min=1, max=100), 2, "missed monitor cycles before DeviceDown"),
         "object_check_cycles": Key(Int(min=0, max=10000), 6, "compare object-list length every N monitor "
                                                               "cycles (0: never)"),
-        "time_sync": Key(Bool(), False, "send UTCTimeSynchronization to every device periodically"),
-        "time_sync_interval": Key(Duration(min=1), 4 * 3600.0),
+        "time_sync": Key(Bool(), False, "send a time synchronization to every device periodically"),
+        "time_sync_interval": Key(Duration(min=1), 4 * 3600.0, "how often (the first one at start)"),
+        "time_sync_utc": Key(Bool(), True, "UTCTimeSynchronization (true) or local-time TimeSynchronization "
+                                           "(false, for devices that only take that)"),
         "cov_renew": Key(Float(min=0.1, max=0.95), 0.75, "renew COV subscriptions at this fraction of the "
                                                          "lifetime"),
         "cov_silence": Key(Duration(min=0.05), 10.0, "no notification this long after (re)subscribing: poll"),
@@ -274,7 +276,7 @@ class BacnetDriver(Driver):
         self.new_since_cycle: set = set()
         self._changed = trio.Event()
         self.stats = {"requests": 0, "values": 0, "properties": 0, "cov_notifications": 0, "i_ams": 0, "errors": 0,
-                      "timeouts": 0, "monitor_cycles": 0}
+                      "timeouts": 0, "monitor_cycles": 0, "time_syncs": 0}
         s = self.config.settings
         nets = s.get("networks") or {}
         for i, dev in enumerate(self.config.devices.values()):
@@ -1049,7 +1051,9 @@ class BacnetDriver(Driver):
             raise KeyError(device_id)
         return d
 
-    async def time_sync(self, device_ids: list[str] | None = None) -> dict:
+    async def time_sync(self, device_ids: list[str] | None = None, utc: bool = True) -> dict:
+        """Send (UTC)TimeSynchronization to the given devices (all when ``None``); per device
+        ``{"ok": True, "utc"|"local": sent}`` or ``{"ok": False, "error": ...}``."""
         out = {}
         for d in self.devs.values():
             if device_ids is not None and d.id not in device_ids:
@@ -1058,16 +1062,20 @@ class BacnetDriver(Driver):
                 out[d.id] = {"ok": False, "error": "not found yet"}
                 continue
             try:
-                sent = await self.aio.run(self.stacks[d.network].time_sync, d.address, True)
-                out[d.id] = {"ok": True, "utc": sent}
+                sent = await self.aio.run(self.stacks[d.network].time_sync, d.address, utc)
+                out[d.id] = {"ok": True, "utc" if utc else "local": sent}
             except BacnetError as e:
                 out[d.id] = {"ok": False, "error": str(e)}
         return out
 
     async def _time_sync_loop(self) -> None:
         while True:
-            res = await self.time_sync()
-            self.log.info("time synchronization (UTC) sent to %d device(s)", sum(1 for r in res.values() if r["ok"]))
+            utc = self.config.settings["time_sync_utc"]
+            res = await self.time_sync(utc=utc)
+            self.stats["time_syncs"] += 1
+            self.log.info("time synchronization (%s) sent to %d device(s)", "UTC" if utc else "local time",
+                          sum(1 for r in res.values() if r["ok"]))
+            self._bump()
             await trio.sleep(self.config.settings["time_sync_interval"])
 
     async def reinitialize(self, device_id: str, state: str, password: str | None) -> None:

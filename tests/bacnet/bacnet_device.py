@@ -153,6 +153,11 @@ class TestApp(Application):
 
     async def do_UTCTimeSynchronizationRequest(self, apdu):
         self.log["utc_time_sync"] = str(apdu.time)
+        self.log["utc_time_syncs"] = self.log.get("utc_time_syncs", 0) + 1
+
+    async def do_TimeSynchronizationRequest(self, apdu):
+        self.log["time_sync"] = str(apdu.time)
+        self.log["time_syncs"] = self.log.get("time_syncs", 0) + 1
 
     def cov_notification(self, cov, apdu):
         if not self.cov_silent:
