@@ -176,3 +176,16 @@ async def test_cov_silence_and_resume_are_logged_once_per_device_with_the_count(
         assert states() == ["active"] * 10
         resumed = [r.getMessage() for r in caplog.records if "resumed" in r.getMessage()]
         assert resumed == ["COV notifications resumed for 10 objects (of 10 subscribed)"], resumed
+
+
+async def test_write_on_a_closed_network_socket_is_a_transport_error(tmp_path, devices):
+    d = devices(2031, 9)
+    async with run_gateway(tmp_path, bacnet_site([d])) as gw:
+        await _ready(gw, "dev2031/ao1")
+        inst = gw.drivers["bac"].instance
+        # the network's socket goes away under the driver (interface gone, socket closed)
+        await inst.aio.run_sync(inst.stacks["main"].link.server.local_transport.close)
+        with trio.fail_after(5):  # old: the request hung forever
+            with pytest.raises(WriteError, match="socket") as e:
+                await inst.write_priority(gw.points.points["dev2031/ao1"].cfg, 3.0, 8)
+        assert e.value.kind == "transport"
