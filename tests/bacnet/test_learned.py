@@ -48,3 +48,23 @@ async def test_reload_with_a_changed_device_forgets_the_read_property_fallback(t
         dev = inst.devs["dev1301"]
         await inst.until(lambda: dev.read_mode == "rp" and dev.cycles >= 1, what="fallback learned again")
         assert await _rpms(old) > before
+
+
+async def test_discovery_accept_forgets_learned_state(tmp_path, devices):
+    old = devices(1311, 18, "--no-rpm")
+    other = devices(1312, 9)
+    async with run_gateway(tmp_path, bacnet_site([old])) as gw:
+        inst = gw.drivers["bac"].instance
+        dev = inst.devs["dev1311"]
+        await inst.until(lambda: dev.read_mode == "rp" and dev.cycles >= 2, what="ReadProperty fallback learned")
+        before = await _rpms(old)
+        res = await rpc(gw, "discovery.scan", {"driver": "bac", "address": other.addr, "timeout": 0.5,
+                                               "objects": False})
+        assert res["count"] == 1, res
+        await rpc(gw, "discovery.accept", {"driver": "bac", "key": "main:1312"})
+        inst = gw.drivers["bac"].instance
+        dev = inst.devs["dev1311"]
+        assert "testdev-1312" in inst.devs
+        # the configured device is probed again (RPM, refused, learned again)
+        await inst.until(lambda: dev.read_mode == "rp" and dev.cycles >= 1, what="fallback learned again")
+        assert await _rpms(old) > before
