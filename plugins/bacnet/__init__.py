@@ -14,6 +14,10 @@ work lives in :mod:`.stack` (asyncio thread), :mod:`.reading` (batch plans) and
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import hashlib
+import json
 import re
 import time
 from functools import partial
@@ -30,8 +34,25 @@ from .stack import BacnetError, Stack
 EXTRA = "bacnet"
 DEFAULT_PORT = 47808
 
+MODES = ("ip", "ipv6", "foreign")
+#: network modes a site may name that gatewayd does not speak yet (value: what to tell the operator)
+PLANNED_MODES = {"mstp": "BACnet MS/TP"}
+
+
+def _check_mode(value: str) -> str | None:
+    """Schema check of a network's ``mode``: a planned mode is a clear refusal, not an unknown word."""
+    if value in MODES:
+        return None
+    if value in PLANNED_MODES:
+        return (f"mode \"{value}\" ({PLANNED_MODES[value]}) is planned, not supported yet: use an MS/TP-to-IP "
+                "router and mode = \"ip\" (see plugins/bacnet/README.md, \"MS/TP\")")
+    close = difflib.get_close_matches(value, MODES, n=1)
+    return f"must be one of {', '.join(MODES)}, got {value!r}" + (f" (did you mean {close[0]!r}?)"
+                                                                         if close else "")
+
+
 NETWORK_SCHEMA = Schema({
-    "mode": Key(Enum("ip", "ipv6", "foreign"), "ip", "ip: BACnet/IP on a local subnet; ipv6: BACnet/IPv6 "
+    "mode": Key(Str(check=_check_mode), "ip", "ip: BACnet/IP on a local subnet; ipv6: BACnet/IPv6 "
                                                     "(Annex U); foreign: register with a BBMD"),
     "address": Key(Str(), None, "local address with prefix for the broadcast domain, e.g. \"192.168.1.10/24\"; "
                                 "ipv6: e.g. \"fd00::10\" or \"[fe80::10%eth0]:47808\""),
@@ -82,6 +103,17 @@ def norm_objid(s: str) -> str:
     return f"{t},{int(i)}"
 
 
+def write_error_kind(e: BacnetError) -> str:
+    """The :class:`WriteError` kind of a failed WriteProperty (CONTRACTS C3): the device's
+    Error/Reject/Abort is "refused" (nothing was applied), a value we could not encode
+    "encode", no answer "timeout" (it may have been applied), a socket failure "transport"."""
+    return {"timeout": "timeout", "transport": "transport", "invalid": "encode"}.get(e.kind, "refused")
+
+
+def _objects_n(n: int) -> str:
+    return f"{n} object" if n == 1 else f"{n} objects"
+
+
 def flags_of(sf) -> tuple[str, ...]:
     if not sf:
         return ()
@@ -112,6 +144,9 @@ class _Dev:
         self.cov_event = trio.Event()
         self.requests = 0
         self.values = 0
+        self.cov_rounds = 0  # (re)subscription rounds completed
+        self.cov_resumed: list[str] = []  # silent objects whose notifications came back, not yet logged
+        self.cov_resumed_reports = 0
         self.cycles = 0
         self.object_count: int | None = None
         self.resolved = trio.Event()
@@ -132,8 +167,10 @@ class BacnetDriver(Driver):
         "monitor_missed": Key(Int(min=1, max=100), 2, "missed monitor cycles before DeviceDown"),
         "object_check_cycles": Key(Int(min=0, max=10000), 6, "compare object-list length every N monitor "
                                                               "cycles (0: never)"),
-        "time_sync": Key(Bool(), False, "send UTCTimeSynchronization to every device periodically"),
-        "time_sync_interval": Key(Duration(min=1), 4 * 3600.0),
+        "time_sync": Key(Bool(), False, "send a time synchronization to every device periodically"),
+        "time_sync_interval": Key(Duration(min=1), 4 * 3600.0, "how often (the first one at start)"),
+        "time_sync_utc": Key(Bool(), True, "UTCTimeSynchronization (true) or local-time TimeSynchronization "
+                                           "(false, for devices that only take that)"),
         "cov_renew": Key(Float(min=0.1, max=0.95), 0.75, "renew COV subscriptions at this fraction of the "
                                                          "lifetime"),
         "cov_silence": Key(Duration(min=0.05), 10.0, "no notification this long after (re)subscribing: poll"),
@@ -169,7 +206,11 @@ class BacnetDriver(Driver):
             yield (("server_device_instance",), f"driver {config.id}: missing required key "
                                                 "'server_device_instance' (our own BACnet device instance)")
         for name, n in nets.items():
-            if n["mode"] == "ipv6":
+            # a key that failed its own check is absent here (its error is already reported)
+            mode = n.get("mode")
+            if mode is None:
+                continue
+            if mode == "ipv6":
                 if not n.get("address"):
                     yield (("networks", name, "address"), f"network {name}: mode = \"ipv6\" needs address "
                                                           "(e.g. \"fd00::10\")")
@@ -178,7 +219,8 @@ class BacnetDriver(Driver):
                 for key, check in ([("address", parse_ipv6)] if n.get("address") else []) + \
                         ([("vmac", parse_vmac)] if n.get("vmac") else []):
                     try:
-                        check(n[key].split("/")[0] if key == "address" and not n[key].startswith("[") else n[key])
+                        v = n[key]
+                        check(v.split("/")[0] if key == "address" and not v.startswith("[") else v)
                     except ValueError as e:
                         yield (("networks", name, key), f"network {name}: {e}")
                 for vm, addr in (n.get("peers") or {}).items():
@@ -191,11 +233,11 @@ class BacnetDriver(Driver):
                 if not (dnet.isdigit() and 1 <= int(dnet) <= 65534):
                     yield (("networks", name, "routes", dnet), f"network {name}: routes: {dnet!r} is not a "
                                                                "network number (1..65534)")
-            if n["mode"] != "ipv6" and (n.get("vmac") or n.get("peers")):
+            if mode != "ipv6" and (n.get("vmac") or n.get("peers")):
                 yield (("networks", name), f"network {name}: vmac and peers are only for mode = \"ipv6\"")
-            if n["mode"] == "foreign" and not n.get("bbmd_addr"):
+            if mode == "foreign" and not n.get("bbmd_addr"):
                 yield (("networks", name, "bbmd_addr"), f"network {name}: mode = \"foreign\" needs bbmd_addr")
-            if n["mode"] != "foreign" and n.get("bbmd_addr"):
+            if mode != "foreign" and n.get("bbmd_addr"):
                 yield (("networks", name, "bbmd_addr"), f"network {name}: bbmd_addr is only for mode = \"foreign\"")
             if not n.get("address") and not n.get("interface"):
                 yield (("networks", name), f"network {name}: set address (e.g. \"192.168.1.10/24\") or interface")
@@ -230,10 +272,11 @@ class BacnetDriver(Driver):
         self.by_inst: dict[tuple[str, int], _Dev] = {}
         self.seen: dict[tuple[str, int], dict] = {}
         self.listeners: list = []
+        self._nursery: trio.Nursery | None = None
         self.new_since_cycle: set = set()
         self._changed = trio.Event()
         self.stats = {"requests": 0, "values": 0, "properties": 0, "cov_notifications": 0, "i_ams": 0, "errors": 0,
-                      "timeouts": 0, "monitor_cycles": 0}
+                      "timeouts": 0, "monitor_cycles": 0, "time_syncs": 0}
         s = self.config.settings
         nets = s.get("networks") or {}
         for i, dev in enumerate(self.config.devices.values()):
@@ -281,6 +324,15 @@ class BacnetDriver(Driver):
         bbmd = n.get("bbmd_addr")
         if bbmd and ":" not in bbmd:
             bbmd = f"{bbmd}:{DEFAULT_PORT}"
+        if n["mode"] != "ipv6" and n["port"] != 0:
+            # bacpypes3 retries a failed bind forever (SO_REUSEPORT): try the address ourselves first,
+            # without SO_REUSEPORT, so a port held by anyone else is a clear start error at once
+            from .bindcheck import probe_bind
+
+            host = addr.rsplit(":", 1)[0].split("/")[0]
+            problem = await trio.to_thread.run_sync(probe_bind, host, int(addr.rsplit(":", 1)[1]))
+            if problem:
+                raise RuntimeError(f"network {name}: {problem}")
         try:
             stack = await self.aio.run_sync(partial(
                 Stack, name, n["mode"], addr, s["server_device_instance"], s["server_device_name"],
@@ -289,10 +341,16 @@ class BacnetDriver(Driver):
         except BacnetError as e:
             raise RuntimeError(f"network {name}: {e.reason}") from None
         self.stacks[name] = stack
+        failure = None
         with trio.move_on_after(10) as cs:
-            await self.aio.run(stack.ready)
-        if cs.cancelled_caught:
-            raise RuntimeError(f"network {name}: cannot bind {addr} (address not on this host, or in use)")
+            try:
+                await self.aio.run(stack.ready)
+            except OSError as e:
+                failure = e
+        if cs.cancelled_caught or failure is not None:
+            await self.aio.run_sync(stack.close)
+            del self.stacks[name]
+            raise RuntimeError(f"network {name}: {await self._bind_problem(n, addr, failure)}") from None
         self.net_status[name] = {"mode": n["mode"], "address": addr, "registration": None}
         if n["mode"] == "ipv6":
             self.net_status[name]["vmac"] = stack.vmac
@@ -300,8 +358,24 @@ class BacnetDriver(Driver):
             self.net_status[name].update(bbmd=bbmd, ttl=n["ttl"], registration="pending")
         self.log.info("network %s: %s on %s%s", name, n["mode"], addr, f" (BBMD {bbmd})" if bbmd else "")
 
+    async def _bind_problem(self, n: dict, addr: str, failure: OSError | None) -> str:
+        """Why the network's socket did not bind: the address, and who holds the port when the OS says."""
+        from .bindcheck import probe_bind
+
+        host = addr.rsplit(":", 1)[0].split("/")[0].strip("[]").split("%")[0]
+        port = int(addr.rsplit(":", 1)[1])
+        try:
+            msg = await trio.to_thread.run_sync(probe_bind, host, port)
+        except (OSError, ValueError):
+            msg = None
+        if msg:
+            return msg
+        why = f"{failure.strerror or failure}" if failure is not None else "no answer from the socket within 10s"
+        return f"cannot bind UDP {addr} ({why}; address not on this host, or in use)"
+
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED):
         self.aio = await self.ctx.asyncio()
+        await self._forget_if_reconfigured()
         for d in self.devs.values():
             self._load_learned(d)
         async with self.aio.channel(max_buffer=100_000) as (send, inbox):
@@ -310,6 +384,7 @@ class BacnetDriver(Driver):
                     await self._open_network(name, n, send)
                 task_status.started()
                 async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
                     nursery.start_soon(self._pump, inbox)
                     for name, n in self.net_status.items():
                         if n["mode"] == "foreign":
@@ -418,6 +493,27 @@ class BacnetDriver(Driver):
         if learned.get("object_count") is not None:
             d.object_count = int(learned["object_count"])
         self._show(d)
+
+    def config_digest(self) -> str:
+        """A digest of this driver's whole configuration (settings, devices, points)."""
+        text = json.dumps(dataclasses.asdict(self.config), sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    async def _forget_if_reconfigured(self) -> None:
+        """At start: when the configuration differs from the one the devices were learned under
+        (a reload restarted us for a changed device, address, accepted device or any other key),
+        forget everything learned; a plain daemon or crash restart keeps it (CONTRACTS C5)."""
+        digest = self.config_digest()
+        stored = self.ctx.kv_get("learned_config")
+        if stored == digest:
+            return
+        keys = [k for k, _v in self.ctx.kv_items("learned/")]
+        if stored is not None and keys:
+            self.log.info("configuration changed: forgetting what %s taught us (read mode, RPM batch cap, "
+                          "object count)", ", ".join(k.split("/", 1)[1] for k in keys))
+        for k in keys:
+            await self.ctx.kv_delete(k)
+        await self.ctx.kv_set("learned_config", digest)
 
     async def clear_learned(self, device_id: str) -> dict:
         """Forget what a device taught us (ReadProperty fallback, smaller RPM batches): the next
@@ -746,12 +842,19 @@ class BacnetDriver(Driver):
             with trio.move_on_after(s["cov_silence"]):
                 while any(sub.get("awaiting") and sub["state"] in ("pending", "active") for sub in d.subs.values()):
                     await d.cov_event.wait()
+            went_silent = []
             for oid, sub in d.subs.items():
                 if sub.get("awaiting") and sub["state"] in ("pending", "active"):
-                    log.warning("no COV notification for %s within %gs of subscribing: polling it", oid,
-                                s["cov_silence"])
+                    if not sub.get("silent"):
+                        went_silent.append(oid)
                     sub["state"] = "silent"
+                    sub["silent"] = True
                 sub["awaiting"] = False
+            if went_silent:  # once per device and round, only for objects not already known silent
+                log.warning("no COV notification within %gs of subscribing for %s: polling %s (%s)",
+                            s["cov_silence"], _objects_n(len(went_silent)),
+                            "it" if len(went_silent) == 1 else "them", ", ".join(went_silent))
+            d.cov_rounds += 1
             self._show(d)
             self._bump()
             await trio.sleep_until(t0 + lifetime * s["cov_renew"])
@@ -770,15 +873,32 @@ class BacnetDriver(Driver):
         sub["awaiting"] = False
         d.cov_event.set()
         d.cov_event = trio.Event()
+        if sub.get("silent"):  # silent before, whatever a renewal made of its state meanwhile
+            sub["silent"] = False
+            d.cov_resumed.append(oid)
+            if len(d.cov_resumed) == 1 and self._nursery is not None:
+                self._nursery.start_soon(self._report_resumed, d)
         if sub["state"] in ("pending", "silent", "failed"):
-            if sub["state"] == "silent":
-                self.ctx.device_log(d.id).info("COV notifications for %s resumed", oid)
             sub["state"] = "active"
             self._show(d)
         props = {(k, None): (v, None) for k, v in values.items()}
         n = self._apply(o, props, self.sink.now())
         d.values += n
         self.stats["values"] += n
+        self._bump()
+
+    async def _report_resumed(self, d: _Dev) -> None:
+        """One log line per device when silent COV subscriptions come back: wait until every silent
+        object has notified again, or ``cov_silence`` has passed, then log how many resumed."""
+        with trio.move_on_after(self.config.settings["cov_silence"]):
+            while any(sub.get("silent") for sub in d.subs.values()):
+                await d.cov_event.wait()
+        resumed, d.cov_resumed = d.cov_resumed, []
+        still = sum(1 for sub in d.subs.values() if sub.get("silent"))
+        self.ctx.device_log(d.id).info("COV notifications resumed for %s (of %d subscribed)%s",
+                                       _objects_n(len(resumed)), len(d.subs),
+                                       f"; {still} still silent, polled" if still else "")
+        d.cov_resumed_reports += 1
         self._bump()
 
     async def _cancel_all_subscriptions(self) -> None:
@@ -813,8 +933,7 @@ class BacnetDriver(Driver):
             await self.aio.run(partial(stack.write, d.address, oid, b["property"], value, priority, b.get("index")))
             d.requests += 1
         except BacnetError as e:
-            kind = {"timeout": "timeout", "transport": "transport", "invalid": "encode"}.get(e.kind, "exception")
-            raise WriteError(f"{point.id}: {e}", kind=kind) from None
+            raise WriteError(f"{point.id}: {e}", kind=write_error_kind(e)) from None
         try:
             return await self.aio.run(stack.read, d.address, oid, b["property"], b.get("index"))
         except BacnetError as e:
@@ -932,7 +1051,9 @@ class BacnetDriver(Driver):
             raise KeyError(device_id)
         return d
 
-    async def time_sync(self, device_ids: list[str] | None = None) -> dict:
+    async def time_sync(self, device_ids: list[str] | None = None, utc: bool = True) -> dict:
+        """Send (UTC)TimeSynchronization to the given devices (all when ``None``); per device
+        ``{"ok": True, "utc"|"local": sent}`` or ``{"ok": False, "error": ...}``."""
         out = {}
         for d in self.devs.values():
             if device_ids is not None and d.id not in device_ids:
@@ -941,16 +1062,20 @@ class BacnetDriver(Driver):
                 out[d.id] = {"ok": False, "error": "not found yet"}
                 continue
             try:
-                sent = await self.aio.run(self.stacks[d.network].time_sync, d.address, True)
-                out[d.id] = {"ok": True, "utc": sent}
+                sent = await self.aio.run(self.stacks[d.network].time_sync, d.address, utc)
+                out[d.id] = {"ok": True, "utc" if utc else "local": sent}
             except BacnetError as e:
                 out[d.id] = {"ok": False, "error": str(e)}
         return out
 
     async def _time_sync_loop(self) -> None:
         while True:
-            res = await self.time_sync()
-            self.log.info("time synchronization (UTC) sent to %d device(s)", sum(1 for r in res.values() if r["ok"]))
+            utc = self.config.settings["time_sync_utc"]
+            res = await self.time_sync(utc=utc)
+            self.stats["time_syncs"] += 1
+            self.log.info("time synchronization (%s) sent to %d device(s)", "UTC" if utc else "local time",
+                          sum(1 for r in res.values() if r["ok"]))
+            self._bump()
             await trio.sleep(self.config.settings["time_sync_interval"])
 
     async def reinitialize(self, device_id: str, state: str, password: str | None) -> None:

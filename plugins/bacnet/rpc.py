@@ -43,12 +43,13 @@ def register(registry, gateway) -> None:
             raise RpcError(UNAVAILABLE, str(e)) from None
 
     async def time_sync(call, device: str | None = None, driver: str | None = None):
-        """Send UTCTimeSynchronization now (one device, or every device of the driver)."""
+        """Send a time synchronization now (one device, or every device of the driver): UTC, or
+        local time when the driver has ``time_sync_utc = false``."""
         if device is not None:
             inst, d = driver_of_device(device, driver)
-            return await inst.time_sync([d.id])
+            return await inst.time_sync([d.id], utc=inst.config.settings["time_sync_utc"])
         inst = gateway.driver_instance("bacnet", driver)
-        return await inst.time_sync()
+        return await inst.time_sync(utc=inst.config.settings["time_sync_utc"])
 
     async def reinitialize(call, device: str, state: str = "warm", password: str | None = None,
                            driver: str | None = None):

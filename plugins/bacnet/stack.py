@@ -211,6 +211,8 @@ class Stack:
         self.name = name
         self.mode = mode
         self.events = events
+        # a confirmed request is over after its tries (+ slack): bounds a state machine that lost its socket
+        self.request_bound = apdu_timeout_ms / 1000 * (apdu_retries + 1) + 2.0
         self.routes = dict(routes or {})
         self.ipv6 = mode == "ipv6"
         if self.ipv6:
@@ -281,6 +283,13 @@ class Stack:
             except Exception:  # closing anyway
                 pass
         self.link.close()
+
+    def check_socket(self) -> None:
+        """Raise ``BacnetError("transport")`` when the network's socket is closed (nothing can go out)."""
+        srv = self.link.server  # IPv4: local_transport; IPv6: transport
+        tr = srv.local_transport if hasattr(srv, "local_transport") else getattr(srv, "transport", None)
+        if tr is None or tr.is_closing():
+            raise BacnetError("transport", f"network {self.name}: the UDP socket is closed")
 
     def registration_status(self) -> int | None:
         return getattr(self.link, "bbmdRegistrationStatus", None)
@@ -360,23 +369,31 @@ class Stack:
                     index: int | None = None) -> None:
         """WriteProperty; ``value=None`` writes NULL (relinquish at ``priority``)."""
         oid = ObjectIdentifier(object_id)
-        if value is None:
-            v: Any = Null(())
-        elif str(oid[0]) in ("binary-input", "binary-output", "binary-value") and prop == "present-value":
-            v = BinaryPV("active" if value else "inactive")
-        elif str(oid[0]).startswith("multi-state") and prop == "present-value":
-            v = Unsigned(int(value))
-        elif str(oid[0]).startswith("analog") and prop == "present-value":
-            v = Real(float(value))
-        else:
-            v = value
         try:
-            r = await self.app.write_property(self._addr(address), oid, PropertyIdentifier(prop), v,
-                                              index, priority)
+            if value is None:
+                v: Any = Null(())
+            elif str(oid[0]) in ("binary-input", "binary-output", "binary-value") and prop == "present-value":
+                v = BinaryPV("active" if value else "inactive")
+            elif str(oid[0]).startswith("multi-state") and prop == "present-value":
+                v = Unsigned(int(value))
+            elif str(oid[0]).startswith("analog") and prop == "present-value":
+                v = Real(float(value))
+            else:
+                v = value
+        except (TypeError, ValueError, OverflowError) as e:
+            raise BacnetError("invalid", f"cannot encode {value!r} for {object_id} {prop}: {e}") from None
+        self.check_socket()
+        try:
+            r = await asyncio.wait_for(self.app.write_property(self._addr(address), oid, PropertyIdentifier(prop),
+                                                               v, index, priority), self.request_bound)
         except ErrorRejectAbortNack as e:
             raise _as_error(e) from None
-        except (TypeError, ValueError) as e:
+        except (TypeError, ValueError, OverflowError) as e:
             raise BacnetError("invalid", f"cannot encode {value!r} for {object_id} {prop}: {e}") from None
+        except asyncio.TimeoutError:
+            raise BacnetError("timeout", "no response") from None
+        except OSError as e:
+            raise BacnetError("transport", str(e)) from None
         if isinstance(r, ErrorRejectAbortNack):
             raise _as_error(r)
         if isinstance(r, str) and r.startswith("-no "):

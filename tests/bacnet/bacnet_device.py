@@ -1,7 +1,7 @@
 """A bacpypes3 BACnet/IP test device, run as a subprocess by the bacnet tests and bench.
 
     python bacnet_device.py --address 127.0.0.2:47810 --instance 1001 --objects 60 \
-        [--max-apdu 206] [--segmentation none|both] [--no-rpm] [--no-cov] [--bbmd] [--foreign BBMD --ttl 30]
+        [--max-apdu 206] [--segmentation none|both] [--no-rpm] [--no-cov] [--read-only analog-output,2] [--bbmd] [--foreign BBMD --ttl 30]
     python bacnet_device.py --ipv6 --address "[::1]:47810" --instance 1001 [--peer 0x000257=[::1]:47811]
 
 With ``--ipv6`` the device speaks BACnet/IPv6 through gatewayd's own IPv6 link
@@ -17,6 +17,8 @@ from stdin, one per line, answering ``OK`` (or ``ERR <reason>``):
     add <type>,<instance>             add an object (object-list grows)
     pa <type>,<instance>              print the priority array as JSON
     subs                              number of active COV subscriptions (object and property)
+    rpm                               number of ReadPropertyMultiple requests received so far
+    silent 1|0                        stop / resume sending COV notifications (as --cov-silent)
     status                            what ReinitializeDevice / DeviceCommunicationControl / UTC time sync did
     iam <host:port>                   send an I-Am there
     read <host:port> <type>,<inst> <property>   ReadProperty from another device
@@ -47,7 +49,7 @@ from bacpypes3.local.binary import BinaryInputObject, BinaryOutputObject, Binary
 from bacpypes3.local.device import DeviceObject
 from bacpypes3.local.multistate import MultiStateInputObject, MultiStateOutputObject, MultiStateValueObject
 from bacpypes3.pdu import Address, IPv4Address
-from bacpypes3.primitivedata import ObjectIdentifier
+from bacpypes3.primitivedata import ObjectIdentifier, Unsigned
 
 KINDS = ["analog-input", "analog-output", "analog-value", "binary-input", "binary-output", "binary-value",
          "multi-state-input", "multi-state-output", "multi-state-value"]
@@ -90,16 +92,31 @@ class TestApp(Application):
     no_rpm = False
     no_cov = False
     cov_silent = False
+    read_only: set = set()  # "type,instance": present-value writes get write-access-denied
 
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
         self.prop_subs = {}  # (addr, proc, objid) -> (confirmed, increment, last)
         self.log = {}  # what device management requests did
+        self.rpm_requests = 0  # ReadPropertyMultiple requests received (answered or refused)
 
     async def do_ReadPropertyMultipleRequest(self, apdu):
+        self.rpm_requests += 1
         if self.no_rpm:
             raise UnrecognizedService("no RPM here")
         return await super().do_ReadPropertyMultipleRequest(apdu)
+
+    async def do_WritePropertyRequest(self, apdu):
+        oid = apdu.objectIdentifier
+        if f"{oid[0]},{oid[1]}" in self.read_only:
+            raise ExecutionError(errorClass="property", errorCode="writeAccessDenied")
+        obj = self.get_object_id(oid)
+        states = getattr(obj, "numberOfStates", None)
+        if states is not None and str(apdu.propertyIdentifier) == "present-value":
+            v = apdu.propertyValue.cast_out(Unsigned, null=apdu.priority is not None)
+            if v is not None and not 1 <= v <= states:  # as a real device checks a state number
+                raise ExecutionError(errorClass="property", errorCode="valueOutOfRange")
+        return await super().do_WritePropertyRequest(apdu)
 
     async def do_SubscribeCOVRequest(self, apdu):
         if self.no_cov:
@@ -136,6 +153,11 @@ class TestApp(Application):
 
     async def do_UTCTimeSynchronizationRequest(self, apdu):
         self.log["utc_time_sync"] = str(apdu.time)
+        self.log["utc_time_syncs"] = self.log.get("utc_time_syncs", 0) + 1
+
+    async def do_TimeSynchronizationRequest(self, apdu):
+        self.log["time_sync"] = str(apdu.time)
+        self.log["time_syncs"] = self.log.get("time_syncs", 0) + 1
 
     def cov_notification(self, cov, apdu):
         if not self.cov_silent:
@@ -180,6 +202,7 @@ def build(args) -> TestApp:
     )
     app = TestApp()
     app.no_rpm, app.no_cov, app.cov_silent = args.no_rpm, args.no_cov, args.cov_silent
+    app.read_only = set(args.read_only)
     app.asap = ApplicationServiceAccessPoint(device, app.device_info_cache)
     app.nsap = NetworkServiceAccessPoint()
     app.nse = NetworkServiceElement()
@@ -235,6 +258,11 @@ async def command(app: TestApp, line: str) -> str:
     if cmd == "read":
         value = await app.read_property(_addr(parts[1]), ObjectIdentifier(parts[2]), parts[3])
         return f"VALUE {value}"
+    if cmd == "silent":
+        app.cov_silent = parts[1] == "1"
+        return "OK"
+    if cmd == "rpm":
+        return f"RPM {app.rpm_requests}"
     if cmd == "subs":
         n = sum(len(det.cov_subscriptions) for det in app._cov_detections.values()) + len(app.prop_subs)
         return f"SUBS {n}"
@@ -282,6 +310,8 @@ async def main() -> None:
     p.add_argument("--no-rpm", action="store_true")
     p.add_argument("--no-cov", action="store_true")
     p.add_argument("--cov-silent", action="store_true", help="accept COV subscriptions, never notify")
+    p.add_argument("--read-only", action="append", default=[], metavar="TYPE,INST",
+                   help="writes to this object are answered with write-access-denied")
     p.add_argument("--bbmd", action="store_true")
     p.add_argument("--foreign", default=None)
     p.add_argument("--ttl", type=int, default=30)

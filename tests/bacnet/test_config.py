@@ -74,3 +74,78 @@ writable = true
     pt = cfg.drivers["bac"].devices["d1"].points["p"]
     assert pt.binding["object"] == "analog-output:1" and pt.binding["property"] == "present-value"
     assert cfg.drivers["bac"].settings["networks"]["main"]["port"] == 47808
+
+
+def test_mstp_mode_is_a_planned_config_error(tmp_path):
+    body = """
+[drivers.bac]
+type = "bacnet"
+server_device_instance = 77
+[drivers.bac.networks.field]
+mode = "mstp"
+address = "127.0.0.1/8"
+[drivers.bac.networks.other]
+mode = "ethernet"
+address = "127.0.0.1/8"
+[drivers.bac.devices.d1]
+network = "field"
+device_instance = 5
+[drivers.bac.devices.d1.points.p]
+object = "analog-input,1"
+"""
+    msg = _problems(tmp_path, body)
+    lines = site_toml(tmp_path, body).splitlines()
+    mstp_line = next(i for i, line in enumerate(lines, 1) if line == 'mode = "mstp"')
+    # file:line of the key, and what the operator needs to know
+    assert f"gatewayd.toml:{mstp_line}:" in msg
+    assert 'mode "mstp" (BACnet MS/TP) is planned, not supported yet' in msg
+    assert "'ethernet'" in msg and "ip, ipv6, foreign" in msg
+    assert "Traceback" not in msg and "KeyError" not in msg
+
+
+# ---------------------------------------------------------------- fuzzing the schema and validate_config
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_SCALARS = st.one_of(
+    st.booleans(), st.integers(min_value=-2**63, max_value=2**63 - 1),
+    st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=12),
+    st.sampled_from(["ip", "ipv6", "foreign", "mstp", "", "127.0.0.1/8", "fd00::1", "[fe80::1%lo]:47808",
+                     "0x000001", "analog-input,1", "10s", "1", "off", "object", "property", "auto", "rp"]))
+_VALUES = st.one_of(_SCALARS, st.lists(_SCALARS, max_size=3),
+                    st.dictionaries(st.text(min_size=1, max_size=6), _SCALARS, max_size=3))
+
+
+def _fuzz_keys(schema_keys, extra):
+    return st.dictionaries(st.sampled_from(sorted(schema_keys) + extra), _VALUES, max_size=6)
+
+
+def _tables():
+    from gatewayd_bacnet import NETWORK_SCHEMA, BacnetDriver
+
+    drv = _fuzz_keys([k for k in BacnetDriver.settings_schema.keys if k != "networks"], ["bogus"])
+    net = _fuzz_keys(NETWORK_SCHEMA.keys, ["bogus"])
+    dev = _fuzz_keys(BacnetDriver.device_schema.keys, ["bogus"])
+    pt = _fuzz_keys(list(BacnetDriver.point_schema.keys) + ["kind", "writable"], ["bogus"])
+    return st.tuples(drv, st.dictionaries(st.sampled_from(["a", "b"]), net, max_size=2),
+                     st.dictionaries(st.sampled_from(["d1", "d2"]), dev, max_size=2), pt)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_tables())
+def test_fuzzed_bacnet_tables_only_ever_give_config_errors(tables):
+    import tempfile
+
+    import tomlkit
+
+    drv, nets, devs, pt = tables
+    doc = {"drivers": {"bac": {"type": "bacnet", **drv, "networks": nets,
+                               "devices": {d: {**t, "points": {"p": pt}} for d, t in devs.items()}}}}
+    with tempfile.TemporaryDirectory() as tmp:
+        p = f"{tmp}/gatewayd.toml"
+        with open(p, "w", encoding="utf-8") as fh:
+            fh.write(site_toml(tmp, tomlkit.dumps(doc)))
+        try:
+            load_config(p)
+        except ConfigError as e:
+            assert str(e).strip()

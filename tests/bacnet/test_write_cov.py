@@ -1,6 +1,7 @@
 """Writes at a priority with relinquish, the device's priority array over RPC, COV subscriptions."""
 
 import dataclasses
+import logging
 
 import pytest
 import trio
@@ -117,3 +118,74 @@ async def test_cov_refused_or_silent_falls_back_to_polling(tmp_path, devices):
         await wait_until(gw, lambda: pts["dev2301/ai1"].value == 12.5 and pts["dev2302/ai1"].value == 12.5,
                          what="polled values")
         assert gw.points.devices["dev2302"].extra["bacnet"]["cov"]["analog-input,1"] == "silent"
+
+
+async def test_rejected_writes_have_the_contract_kinds(tmp_path, devices):
+    """C3: what the device refuses is "refused", what cannot be encoded "encode", no answer "timeout"."""
+    d = devices(2021, 18, "--read-only", "analog-output,2")
+    async with run_gateway(tmp_path, bacnet_site([d])) as gw:
+        await _ready(gw, "dev2021/ao1", "dev2021/ai1")
+        inst = gw.drivers["bac"].instance
+        cfg = gw.points.points["dev2021/ao1"].cfg
+        denied = dataclasses.replace(cfg, binding={**cfg.binding, "object": "analog-output,2"})
+        with pytest.raises(WriteError, match="write-access-denied") as e:
+            await inst.write_priority(denied, 5.0, 8)
+        assert e.value.kind == "refused"
+        missing = dataclasses.replace(cfg, binding={**cfg.binding, "object": "analog-output,99"})
+        with pytest.raises(WriteError, match="unknown-object") as e:
+            await inst.write_priority(missing, 1.0, 8)
+        assert e.value.kind == "refused"
+        range_ = dataclasses.replace(cfg, binding={**cfg.binding, "object": "multi-state-output,1"},
+                                     kind="multistate")
+        with pytest.raises(WriteError, match="value-out-of-range") as e:
+            await inst.write_priority(range_, 7, 8)  # 3 states
+        assert e.value.kind == "refused", e.value
+        with pytest.raises(WriteError, match="cannot encode 'warm'") as e:
+            await inst.write_priority(cfg, "warm", 8)
+        assert e.value.kind == "encode"
+        # nothing of this reached the device's array
+        assert (await trio.to_thread.run_sync(d.priority_array, "analog-output,1")) == [None] * 16
+        await trio.to_thread.run_sync(d.kill)
+        with pytest.raises(WriteError) as e:
+            await inst.write_priority(cfg, 3.0, 8)
+        assert e.value.kind == "timeout", e.value
+
+
+async def test_cov_silence_and_resume_are_logged_once_per_device_with_the_count(tmp_path, devices, caplog):
+    d = devices(2401, 27, "--cov-silent")
+    objs = [f"{k},{i}" for k in ("analog-input", "analog-output", "analog-value") for i in (1, 2, 3)]
+    objs.append("binary-output,1")
+    points = "".join(f'\n[drivers.bac.devices.{{dev}}.points.p{n}]\nobject = "{o}"\n'
+                     + ('kind = "binary"\n' if o.startswith("binary") else "") for n, o in enumerate(objs))
+    site = bacnet_site([d], extra_driver='cov_silence = "1s"\ncov_lifetime = "10s"\ncov_renew = 0.15',
+                       device_extra='cov = "object"', points=points, poll="500ms")
+    caplog.set_level(logging.INFO, logger="gatewayd")
+    async with run_gateway(tmp_path, site) as gw:
+        inst = gw.drivers["bac"].instance
+        dev = inst.devs["dev2401"]
+        states = lambda: [dev.subs.get(o, {}).get("state") for o in objs]  # noqa: E731
+        await inst.until(lambda: states() == ["silent"] * 10, what="all silent")
+        # renewals of still-silent subscriptions say nothing new
+        await inst.until(lambda: dev.cov_rounds >= 3, what="two renewals")
+        silent = [r.getMessage() for r in caplog.records if "no COV notification" in r.getMessage()]
+        assert silent == ["no COV notification within 1s of subscribing for 10 objects: polling them "
+                          f"({', '.join(objs)})"], silent
+        caplog.clear()
+        await trio.to_thread.run_sync(d.cmd, "silent 0")
+        await inst.until(lambda: dev.cov_resumed_reports >= 1, timeout=10, what="resume report")
+        assert states() == ["active"] * 10
+        resumed = [r.getMessage() for r in caplog.records if "resumed" in r.getMessage()]
+        assert resumed == ["COV notifications resumed for 10 objects (of 10 subscribed)"], resumed
+
+
+async def test_write_on_a_closed_network_socket_is_a_transport_error(tmp_path, devices):
+    d = devices(2031, 9)
+    async with run_gateway(tmp_path, bacnet_site([d])) as gw:
+        await _ready(gw, "dev2031/ao1")
+        inst = gw.drivers["bac"].instance
+        # the network's socket goes away under the driver (interface gone, socket closed)
+        await inst.aio.run_sync(inst.stacks["main"].link.server.local_transport.close)
+        with trio.fail_after(5):  # old: the request hung forever
+            with pytest.raises(WriteError, match="socket") as e:
+                await inst.write_priority(gw.points.points["dev2031/ao1"].cfg, 3.0, 8)
+        assert e.value.kind == "transport"
