@@ -860,8 +860,14 @@ def _control_check(d: dict, err: Callable[[str, str], None]) -> None:
                 continue
             kind, sep, val = entry.partition(":")
             kind, val = kind.strip(), val.strip()
+            grant = key not in ("admin", "operator", "viewer")  # a grant list (audit) may also name roles
+            if grant and sep and kind == "role":
+                if val not in ("viewer", "operator", "admin"):
+                    err(key, f"{where}: {entry!r}: role must be viewer, operator or admin")
+                continue
             if not sep or kind not in ("uid", "gid", "user", "group") or not val:
-                err(key, f"{where}: {entry!r} must be uid:N, user:NAME, gid:N, group:NAME or *")
+                err(key, f"{where}: {entry!r} must be uid:N, user:NAME, gid:N, group:NAME"
+                         + (", role:viewer|operator|admin" if grant else "") + " or *")
             elif kind in ("uid", "gid"):
                 if not val.isdigit():
                     err(key, f"{where}: {entry!r}: {kind} needs a non-negative number")
@@ -880,7 +886,7 @@ CONTROL_SCHEMA = Schema({
     "admin": Key(List(Str()), list),
     "operator": Key(List(Str()), list),
     "viewer": Key(List(Str()), lambda: ["*"]),
-    # control helper (11.13, 11.9): the audit-reading grant and the control-plane limits
+    # the audit-reading grant and the control-plane limits
     "audit": Key(List(Str()), lambda: ["role:operator"], "who may read the audit log: entries as for the roles, "
                  "plus role:viewer|operator|admin"),
     "max_connections": Key(Int(min=1, max=100_000), 64, "control connections at once (root and the daemon's "

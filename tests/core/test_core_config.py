@@ -274,3 +274,13 @@ def test_default_site_is_valid():
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     cfg = load_config(os.path.join(root, "etc", "gatewayd.toml"))
     assert {"ahu-1", "meter-1", "flaky-1"} <= {d for drv in cfg.drivers.values() for d in drv.devices}
+
+
+def test_the_audit_grant_may_name_roles_and_is_checked(tmp_path):
+    """``[control] audit`` takes role:viewer|operator|admin besides the usual entries (its default is
+    role:operator); a role entry in a role list, or an unknown role, is a config error at its line."""
+    load_config(str(write(tmp_path, '[control]\naudit = ["role:admin", "uid:0"]\n')))  # no ConfigError
+    got = problems(tmp_path, '[control]\naudit = ["role:boss"]\noperator = ["role:admin"]\n')
+    assert any(p.startswith("gw.toml:2:") and "role must be viewer, operator or admin" in p for p in got), got
+    assert any(p.startswith("gw.toml:3:") and "must be uid:N, user:NAME, gid:N, group:NAME or *" in p
+               for p in got), got
