@@ -31,6 +31,7 @@ flush_interval = "100ms"
 type = "counter"
 plugin = "ext_plugins.counter"
 interval = "20ms"
+[drivers.c.devices.d1]
 [drivers.c.devices.d1.points.a]
 [drivers.c.devices.d1.points.b]
 step = 2

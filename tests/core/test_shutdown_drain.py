@@ -18,6 +18,7 @@ shutdown_grace = "{grace}"
 type = "counter"
 plugin = "ext_plugins.counter"
 interval = "5ms"
+[drivers.c.devices.d1]
 [drivers.c.devices.d1.points.n]
 
 [connectors.slow]

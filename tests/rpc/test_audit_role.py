@@ -23,6 +23,7 @@ socket_mode = "0666"
 type = "counter"
 plugin = "ext_plugins.counter"
 interval = "50ms"
+[drivers.c.devices.d1]
 [drivers.c.devices.d1.points.n]
 writable = true
 """

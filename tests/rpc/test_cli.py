@@ -16,6 +16,7 @@ SITE = """
 type = "counter"
 plugin = "ext_plugins.counter"
 interval = "50ms"
+[drivers.c.devices.d1]
 
 [drivers.c.devices.d1.points.n]
 

@@ -23,6 +23,7 @@ operator = ["user:nobody"]
 type = "counter"
 plugin = "ext_plugins.counter"
 interval = "50ms"
+[drivers.c.devices.d1]
 [drivers.c.devices.d1.points.n]
 """
 
