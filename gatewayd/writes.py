@@ -120,7 +120,9 @@ class WriteProtocol:
         self._locks: dict[tuple[str, Hashable], trio.Lock] = {}
         self._due: dict[str, float] = {}       # point id -> when to send (trio clock)
         self._reason: dict[str, str] = {}      # point id -> why (start/open/max_time/command/retry)
-        self._levels: dict[str, set[int]] = {}  # write_priority drivers: levels a deferred send must carry
+        # commands deferred by write_min_time: point id -> {level: (slot before, actor)}, to send
+        # those levels (write_priority drivers) and to restore them if the device refuses
+        self._deferred: dict[str, dict[int, tuple[Any, str]]] = {}
         self._last_sent: dict[str, float] = {}  # point id -> last time the driver was called for it
         self._wake = trio.Event()
         self.stats = {"resent": 0, "resend_failed": 0, "deferred": 0, "refused": 0, "overridden": 0}
@@ -202,7 +204,7 @@ class WriteProtocol:
             if wait > 0:
                 # write_min_time: the command is kept and sent when the interval is over
                 self.stats["deferred"] += 1
-                self._levels.setdefault(point_id, set()).add(priority)
+                self._deferred.setdefault(point_id, {}).setdefault(priority, (before, actor))
                 self._schedule(p, "command", trio.current_time() + wait)
                 p.write_status, p.write_error = "pending", f"sent in {wait:.1f}s (write_min_time)"
                 detail.update(pending=True, send_in=round(wait, 3))
@@ -282,7 +284,7 @@ class WriteProtocol:
             p.write_status, p.write_error = "ok", None
             self._due.pop(pid, None)
             self._reason.pop(pid, None)
-            self._levels.pop(pid, None)
+            self._deferred.pop(pid, None)
             expect = readback if readback is not None else sent
             if p.overridden:
                 p.overridden = False  # a confirmed write is what the device holds now
@@ -358,7 +360,8 @@ class WriteProtocol:
         p = self.gw.points.points.get(pid)
         reason = self._reason.pop(pid, "?")
         self._due.pop(pid, None)
-        levels = self._levels.pop(pid, None)
+        deferred = self._deferred.pop(pid, None) if reason == "command" else None
+        levels = set(deferred) if deferred else None
         if p is None or not p.cfg.writable or not p.cfg.enabled:
             return
         if p.device.conn_status in ("down", "fault", "disabled") and reason != "command":
@@ -371,7 +374,17 @@ class WriteProtocol:
             if not self._has_command(p) and not levels:
                 return
             eff, level = p.pa.effective()
-            err, _rb = await self._send(p, levels=levels if reason == "command" else None)
+            previous = p.write_error
+            err, _rb = await self._send(p, levels=levels)
+            if err is not None and not err.kept and deferred:
+                # a deferred command the device refuses: its levels go back to what they were
+                for lvl, (before, who) in deferred.items():
+                    p.pa.slots[lvl - 1] = before
+                    await self.gw.state.set_priority(pid, lvl, before)
+                    await self.gw.audit(who, "points.write", pid, {"priority": lvl, "restored": True,
+                                                                   "error": str(err), "kind": err.kind,
+                                                                   "deferred": True}, ok=False)
+                eff, level = p.pa.effective()
         actor = "write-tuning"
         if err is None:
             self.stats["resent"] += 1
@@ -379,7 +392,9 @@ class WriteProtocol:
                      extra=fields)
         else:
             self.stats["resend_failed"] += 1
-            log.warning("write tuning (%s): %s = %r not sent: %s", reason, pid, eff, err, extra=fields)
+            # a retry that fails the same way again (a driver that stays stopped) is not news
+            log.log(logging.DEBUG if str(err) == previous else logging.WARNING,
+                    "write tuning (%s): %s = %r not sent: %s", reason, pid, eff, err, extra=fields)
             if err.kept:
                 self._schedule(p, "retry", trio.current_time() + RETRY_AFTER)
         self.gw.bus.publish(WriteCompleted(self.gw.points.wall(), pid, p.cfg.device, p.cfg.driver, eff, level,
@@ -405,7 +420,8 @@ class WriteProtocol:
 
     def status(self) -> dict:
         """Figures for ``gateway.status``: re-sends, deferrals, refusals, overrides, pending."""
-        return {**self.stats, "pending": len(self._due)}
+        return {**self.stats, "pending": sum(1 for r in self._reason.values() if r != "max_time"),
+                "scheduled": len(self._due)}
 
 
 def _jsonable(v: Any) -> Any:

@@ -208,14 +208,14 @@ async def test_a_value_changed_at_the_device_flags_the_point_overridden(tmp_path
 
 
 async def test_write_min_time_defers_and_write_max_time_refreshes(tmp_path):
-    async with run_gateway(tmp_path, site(sp_extra='write_min_time = "300ms"\nwrite_max_time = "400ms"')) as gw:
+    async with run_gateway(tmp_path, site(sp_extra='write_min_time = "1s"\nwrite_max_time = "1500ms"')) as gw:
         await wait_until(gw, lambda: gw.points.points["d1/sp"].status == "ok")
         drv = gw.drivers["sim"].instance
         await wait_until(gw, lambda: drv.state.get("d1/sp") is not None)
         with gw.bus.subscribe("t", accept=lambda e: isinstance(e, WriteCompleted)) as sub:
             await rpc(gw, "points.write", {"point": "d1/sp", "value": 20, "priority": 8})
             r = await rpc(gw, "points.write", {"point": "d1/sp", "value": 21, "priority": 8})
-            assert r["pending"] is True and 0 < r["send_in"] <= 0.3 and drv.state["d1/sp"] == 20
+            assert r["pending"] is True and 0 < r["send_in"] <= 1 and drv.state["d1/sp"] == 20
             with trio.fail_after(10):
                 evs = []
                 while not any(e.actor == "write-tuning" for e in evs):
@@ -236,7 +236,7 @@ async def test_device_write_lock_serialises_read_modify_write_of_a_shared_regist
     type = "sim"
     interval = "20ms"
     [drivers.sim.devices.d1]
-    write_delay = "20ms"
+    write_delay = "200ms"
     rmw_lock = {str(lock).lower()}
     [drivers.sim.devices.d1.points.b0]
     signal = "setpoint"
@@ -282,3 +282,17 @@ def test_write_keys_inherit_point_over_device_over_driver(tmp_path):
     path.write_text(site_toml(tmp_path, site().replace("max = 100", "max = 1")))
     with pytest.raises(ConfigError, match=r"g.toml:\d+:\d+: point d1/sp: min 5 is above max 1"):
         load_config(str(path), registry=PluginRegistry())
+
+
+async def test_a_deferred_command_the_device_refuses_is_taken_back_out_of_the_array(tmp_path):
+    body = site().replace('refuse = [99]', 'refuse = [99]\nwrite_min_time = "1s"')
+    async with run_gateway(tmp_path, body) as gw:
+        await wait_until(gw, lambda: gw.points.points["d1/r"].status == "ok")
+        p = gw.points.points["d1/r"]
+        await rpc(gw, "points.write", {"point": "d1/r", "value": 20, "priority": 16})
+        r = await rpc(gw, "points.write", {"point": "d1/r", "value": 99, "priority": 8})
+        assert r["pending"] is True and p.pa.effective() == (99, 8)
+        await wait_until(gw, lambda: p.write_status == "fault", what="the deferred send refused")
+        assert p.pa.effective() == (20, 16) and gw.state.load_priority_arrays()["d1/r"] == {16: 20}
+        last = await _audit_last(gw, "d1/r")
+        assert last["ok"] is False and last["actor"].startswith("uid:") and last["detail"]["deferred"] is True
