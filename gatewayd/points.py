@@ -208,6 +208,7 @@ class PointState:
         self.cmd_raw = raw
         self.mismatches = 0
         self.fast = self.cfg.kind == "analog" and raw is None
+
     @property
     def unit(self) -> str | None:
         return self.unit_
@@ -549,7 +550,9 @@ class DeviceHealth:
     ``failure()`` returns the delay before the next attempt (2 s, 4 s, ... capped
     at 5 min, ±10 % jitter). The ``down_after``-th consecutive failure marks the
     device down and publishes :class:`DeviceDown`; the next ``success()``
-    publishes :class:`DeviceRecovered`.
+    publishes :class:`DeviceRecovered`. The first ``success()`` of a driver
+    instance, and any ``success()`` after a failure, tell the write protocol the
+    device is open (``PointTable.device_opened``: write tuning re-sends commands).
     """
 
     BASE = 2.0

@@ -28,8 +28,10 @@ driver with device and point overrides (``write_on_open``, ``write_on_start``,
   (a connection that reopened, a device that restarted) (``write_on_open``);
 * ``write_max_time``: re-sent at least this often; ``write_min_time``: sent at
   most this often (a command within the interval is kept and sent at its end);
-* a point is re-sent only when its array has something to send (a command at some
-  level, or a relinquish default).
+* only commanded points are re-sent (a command at some level); a point at its
+  relinquish default is not (the default is written once, when the last level is
+  relinquished), so a value set locally at the device is not overwritten by every
+  restart of gatewayd unless someone commanded the point.
 
 A commanded point whose readings disagree with the command twice in a row gets
 the flag ``overridden`` and a :class:`~gatewayd.events.WriteOverridden` event
@@ -294,7 +296,8 @@ class WriteProtocol:
                 self.gw.points.ingest(pid, readback, ts)
             elif sent is not None:
                 self.gw.points.ingest(pid, sent, ts)
-            p.track_command(expect if (expect is not None and not hasattr(inst, "write_priority")) else None)
+            commanded = self._has_command(p) and not hasattr(inst, "write_priority")
+            p.track_command(expect if commanded else None)
             if p.cfg.write_max_time > 0:
                 self._schedule(p, "max_time", trio.current_time() + p.cfg.write_max_time)
         else:
@@ -322,11 +325,10 @@ class WriteProtocol:
                 self._reason[pid] = reason
         self._wake.set()
 
-    def _has_command(self, p: PointState) -> bool:
-        runner = self.gw.drivers.get(p.cfg.driver)
-        if runner is not None and runner.instance is not None and hasattr(runner.instance, "write_priority"):
-            return any(v is not None for v in p.pa.slots)
-        return p.pa.effective()[0] is not None
+    @staticmethod
+    def _has_command(p: PointState) -> bool:
+        """Whether some level of ``p``'s array holds a command (what write tuning re-sends)."""
+        return any(v is not None for v in p.pa.slots)
 
     def _device_opened(self, device_id: str, reason: str) -> None:
         """A driver reported ``device_id`` reachable: first time since it started
