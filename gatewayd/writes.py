@@ -157,10 +157,10 @@ class WriteProtocol:
         lo, hi, raw_lo, raw_hi = write_limits(p, self._driver_cls(p))
         if hi is not None and value > hi + 1e-9 * abs(hi):
             raise PointError(f"{_num(value)}{unit} is above the maximum {_num(hi)}{unit} for this point"
-                             + (f" (raw limit {_num(raw_hi)})" if raw_hi is not None else ""))
+                             + (f" (raw register limit {_num(raw_hi)})" if raw_hi is not None else ""))
         if lo is not None and value < lo - 1e-9 * abs(lo):
             raise PointError(f"{_num(value)}{unit} is below the minimum {_num(lo)}{unit} for this point"
-                             + (f" (raw limit {_num(raw_lo)})" if raw_lo is not None else ""))
+                             + (f" (raw register limit {_num(raw_lo)})" if raw_lo is not None else ""))
         try:
             out = p.convert_out(value)
         except (ValueError, TypeError, OverflowError, ZeroDivisionError) as e:

@@ -70,7 +70,7 @@ async def test_write_limits_refuse_in_point_units_for_rpc_and_connectors(tmp_pat
             await rpc(gw, "points.write", {"point": "d1/sp", "value": -500, "priority": 8})
         # the driver's raw range (Driver.write_range) mapped through scale = 0.1
         with pytest.raises(RpcRemoteError, match=r"^50000 kW is above the maximum 6553.5 kW for this point "
-                                                 r"\(raw limit 65535\)$"):
+                                                 r"\(raw register limit 65535\)$"):
             await rpc(gw, "points.write", {"point": "d1/power", "value": 50000})
         with pytest.raises(RpcRemoteError, match=r"below the minimum 0 kW"):
             await rpc(gw, "points.write", {"point": "d1/power", "value": -1})
@@ -296,3 +296,26 @@ async def test_a_deferred_command_the_device_refuses_is_taken_back_out_of_the_ar
         assert p.pa.effective() == (20, 16) and gw.state.load_priority_arrays()["d1/r"] == {16: 20}
         last = await _audit_last(gw, "d1/r")
         assert last["ok"] is False and last["actor"].startswith("uid:") and last["detail"]["deferred"] is True
+
+
+@pytest.mark.parametrize("kw, rng, expected", [
+    ({"scale": 0.1}, (0, 65535), (0, 6553.5, 0, 65535)),
+    ({"scale": -0.5, "offset": 10.0}, (0, 100), (-40.0, 10.0, 100, 0)),           # a falling mapping swaps the ends
+    ({"scale": 1.0, "min": 5.0, "max": 50.0}, (-32768, 32767), (5.0, 50.0, None, None)),  # the point is tighter
+    ({"unit": "°C", "convert": "°C => °F"}, (0, 100), (32.0, 212.0, 0, 100)),
+    ({"scale": 2.0}, (None, 10), (None, 20.0, None, 10)),                         # one open end
+    ({"scale": -2.0}, (None, 10), (-20.0, None, 10, None)),
+])
+def test_write_limits_map_the_raw_range_through_scale_offset_and_convert(kw, rng, expected):
+    from gatewayd.config import PointConfig
+    from gatewayd.points import DeviceState, PointState
+    from gatewayd.writes import write_limits
+
+    class Drv:
+        @classmethod
+        def write_range(cls, point):
+            return rng
+
+    p = PointState(PointConfig("d/p", "p", "d", "x", **kw), DeviceState("x", "d"))
+    got = write_limits(p, Drv)
+    assert all(g == pytest.approx(e) if e is not None else g is None for g, e in zip(got, expected)), got
