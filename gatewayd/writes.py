@@ -402,6 +402,13 @@ class WriteProtocol:
         self.gw.bus.publish(WriteCompleted(self.gw.points.wall(), pid, p.cfg.device, p.cfg.driver, eff, level,
                                            actor, eff, err is None, None if err is None else str(err)))
 
+    async def _resend_all(self, pids: list[str]) -> None:
+        for pid in pids:
+            try:
+                await self._resend(pid)
+            except Exception:  # one point's surprise must not stop write tuning
+                log.error("write tuning of %s failed", pid, exc_info=True)
+
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Write tuning: send what is due (start/open/max_time/min_time/retries) until cancelled."""
         task_status.started()
@@ -409,12 +416,14 @@ class WriteProtocol:
             self._wake = trio.Event()
             now = trio.current_time()
             due = sorted((t, pid) for pid, t in self._due.items() if t <= now)
-            for _t, pid in due:
-                try:
-                    await self._resend(pid)
-                except Exception:  # one point's surprise must not stop write tuning
-                    log.error("write tuning of %s failed", pid, exc_info=True)
             if due:
+                # one task per device, so a device that is slow to answer holds back only its own points
+                by_device: dict[str, list[str]] = {}
+                for _t, pid in due:
+                    by_device.setdefault(pid.split("/", 1)[0], []).append(pid)
+                async with trio.open_nursery() as n:
+                    for pids in by_device.values():
+                        n.start_soon(self._resend_all, pids)
                 continue
             nxt = min(self._due.values(), default=math.inf)
             with trio.move_on_at(nxt):
