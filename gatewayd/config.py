@@ -1111,6 +1111,11 @@ def _load_driver(did, dtab, dpath, ctx, registry, load_plugins, gw, hist, device
             common = {k: p.pop(k) for k in list(p) if k in POINT_SCHEMA.keys}
             tuning = {k: next((v for v in (common[k], dev_tuning[k], drv_tuning[k]) if v is not None),
                               WRITE_TUNING[k][1]) for k in WRITE_TUNING}
+            if common["kind"] != "analog" and (common["min"] is not None or common["max"] is not None):
+                ctx.error(ppath + ("min" if common["min"] is not None else "max",),
+                          f"point {devid}/{pname}: min/max are write limits of analog points, "
+                          f"not of a {common['kind']} point")
+                continue
             if common["min"] is not None and common["max"] is not None and common["min"] > common["max"]:
                 ctx.error(ppath + ("min",), f"point {devid}/{pname}: min {common['min']:g} is above "
                                             f"max {common['max']:g}")

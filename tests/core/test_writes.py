@@ -282,6 +282,9 @@ def test_write_keys_inherit_point_over_device_over_driver(tmp_path):
     path.write_text(site_toml(tmp_path, site().replace("max = 100", "max = 1")))
     with pytest.raises(ConfigError, match=r"g.toml:\d+:\d+: point d1/sp: min 5 is above max 1"):
         load_config(str(path), registry=PluginRegistry())
+    path.write_text(site_toml(tmp_path, site().replace("refuse = [99]", 'refuse = [99]\nkind = "binary"\nmax = 1')))
+    with pytest.raises(ConfigError, match=r"g.toml:\d+:\d+: point d1/r: min/max are write limits of analog points"):
+        load_config(str(path), registry=PluginRegistry())
 
 
 async def test_a_deferred_command_the_device_refuses_is_taken_back_out_of_the_array(tmp_path):
