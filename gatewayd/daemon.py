@@ -1,4 +1,4 @@
-"""The trio main: nursery tree, supervisor, writes, reload, signals, shutdown.
+"""The trio main: nursery tree, supervisor, reload, signals, shutdown (writes: gatewayd/writes.py).
 
 Nursery tree (outermost first), in the shape of hypercorn's trio runner::
 

@@ -199,7 +199,13 @@ class WriteProtocol:
         async with p.write_lock:
             before = p.pa.slots[priority - 1]
             p.pa.set(priority, value)
-            await self.gw.state.set_priority(point_id, priority, value)
+            try:
+                await self.gw.state.set_priority(point_id, priority, value)
+            except BaseException:  # not persisted (disk full, cancelled): memory stays what state.db says
+                p.pa.slots[priority - 1] = before
+                log.error("%s: the command for %s could not be stored; nothing was sent", actor, point_id,
+                          exc_info=True, extra=fields)
+                raise
             eff, level = p.pa.effective()
             detail: dict[str, Any] = {"value": value, "priority": priority, "effective": eff, "active_level": level}
             wait = self._min_time_left(p)
