@@ -408,8 +408,8 @@ class PointTable:
     def ingest_many(self, items, ts: float) -> None:
         """Many raw readings taken at ``ts``: the hot path of polling drivers.
 
-        A number for an analog point that is already ``ok`` (device up, fresh value, no
-        flags) takes a short path: convert, COV check, publish. Anything else (first
+        A number for an analog point that is already ``ok`` and was last reported ``ok``
+        (device up, fresh value, no flags) takes a short path: convert, COV check, publish. Anything else (first
         value, status change, flags, other kinds) goes through :meth:`ingest`.
         Same results as calling :meth:`ingest` for each item (tests check both).
         """
@@ -423,7 +423,8 @@ class PointTable:
             for pid, raw in items:
                 p = points.get(pid)
                 tr = type(raw)
-                if p is None or not p.fast or p.status != "ok" or p.flags or (tr is not float and tr is not int):
+                if p is None or not p.fast or p.status != "ok" or p.reported_status != "ok" or p.flags \
+                        or (tr is not float and tr is not int):
                     if out:  # keep the order of events
                         self.bus.publish_many(out)
                         out = []
