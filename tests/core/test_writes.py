@@ -50,6 +50,14 @@ amplitude = 10
 """
 
 
+TICK = """
+[drivers.sim.devices.tick.points.w]
+signal = "sine"
+period = 0.5
+amplitude = 10
+"""
+
+
 def site(driver_extra="", device_extra="", sp_extra=""):
     return SITE.format(driver_extra=driver_extra, device_extra=device_extra, sp_extra=sp_extra)
 
@@ -136,10 +144,13 @@ async def test_a_write_the_device_refuses_leaves_the_priority_array_as_it_was(tm
 
 
 async def test_a_write_the_device_does_not_answer_stays_and_is_sent_when_it_is_back(tmp_path):
-    async with run_gateway(tmp_path, site(device_extra='timeout = "20ms"')) as gw:
+    # device "tick" keeps events flowing while d1 is silent (wait_until is event-driven)
+    body = site(device_extra='timeout = "20ms"') + TICK
+    async with run_gateway(tmp_path, body) as gw:
         await wait_until(gw, lambda: gw.points.points["d1/sp"].status == "ok")
         drv = gw.drivers["sim"].instance
         drv.set_failing("d1", True)
+        await wait_until(gw, lambda: gw.points.devices["d1"].failures > 0, what="d1 failing")
         with pytest.raises(RpcRemoteError, match="not confirmed.*stays at priority 8"):
             await rpc(gw, "points.write", {"point": "d1/sp", "value": 22.75, "priority": 8})
         p = gw.points.points["d1/sp"]
