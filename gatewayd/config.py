@@ -738,6 +738,13 @@ class PointConfig:
     description: str | None = None
     states: tuple[str, ...] = ()
     binding: dict = field(default_factory=dict)
+    # write limits (point units) and write tuning (point > device > driver), see gatewayd/writes.py
+    min: float | None = None
+    max: float | None = None
+    write_on_open: bool = True
+    write_on_start: bool = True
+    write_min_time: float = 0.0
+    write_max_time: float = 0.0
 
 
 @dataclass
@@ -942,16 +949,31 @@ POINT_SCHEMA = Schema({
     "enabled": Key(Bool(), True),
     "tags": Key(List(Str()), list),
     "states": Key(List(Str()), list),
+    "min": Key(Float(), None, "lowest value a write may command (point units)"),
+    "max": Key(Float(), None, "highest value a write may command (point units)"),
 })
+
+#: write tuning keys (Haxall's writeOnOpen/writeOnStart/writeMinTime/writeMaxTime) taken by a driver
+#: table, a device table and a point table; the most specific one wins (see gatewayd/writes.py).
+WRITE_TUNING = {
+    "write_on_open": (Bool(), True, "re-send the commanded value when the device connection (re)opens"),
+    "write_on_start": (Bool(), True, "re-send the commanded value when the driver starts"),
+    "write_min_time": (Duration(min=0), 0.0, "at most one write per interval (0 = off)"),
+    "write_max_time": (Duration(min=0), 0.0, "re-send at least once per interval (0 = off)"),
+}
+_TUNING_KEYS = {k: Key(t, None, doc) for k, (t, _d, doc) in WRITE_TUNING.items()}
+POINT_SCHEMA = POINT_SCHEMA.extend(_TUNING_KEYS)
 
 DEVICE_BASE = Schema({
     "enabled": Key(Bool(), True),
+    **_TUNING_KEYS,
 })
 
 DRIVER_BASE = Schema({
     "type": Key(Str(), REQUIRED, "the driver type, e.g. \"sim\", \"modbus\", \"bacnet\""),
     "plugin": Key(Str(), None, "dotted module path of a plugin outside gatewayd"),
     "enabled": Key(Bool(), True),
+    **_TUNING_KEYS,
 })
 
 CONNECTOR_BASE = Schema({
@@ -1454,6 +1476,7 @@ def _load_driver(did, dtab, dpath, ctx, registry, plugin_errors, gw, hist, devic
     dschema = DRIVER_BASE.extend(getattr(cls, "settings_schema", None))
     raw_devices = dtab.get("devices", {})
     dsettings = dschema.validate({k: v for k, v in dtab.items() if k != "devices"}, dpath, ctx)
+    drv_tuning = {k: dsettings.pop(k, None) for k in WRITE_TUNING}
     if not isinstance(raw_devices, dict):
         ctx.error(dpath + ("devices",), f"drivers.{did}.devices must be a table of device tables")
         raw_devices = {}
@@ -1488,6 +1511,7 @@ def _load_driver(did, dtab, dpath, ctx, registry, plugin_errors, gw, hist, devic
             continue
         raw_points = devtab.get("points", {})
         dev_settings = devschema.validate({k: v for k, v in devtab.items() if k != "points"}, vpath, ctx)
+        dev_tuning = {k: dev_settings.pop(k, None) for k in WRITE_TUNING}
         if not isinstance(raw_points, dict):
             ctx.error(vpath + ("points",), f"drivers.{did}.devices.{devid}.points must be a table of point tables")
             raw_points = {}
@@ -1525,6 +1549,17 @@ def _load_driver(did, dtab, dpath, ctx, registry, plugin_errors, gw, hist, devic
                     ctx.error(ppath + ("relinquish_default",),
                               f"{_fmt_path(ppath + ('relinquish_default',))}: {e}")
                     continue
+            tuning = {k: next((v for v in (common[k], dev_tuning[k], drv_tuning[k]) if v is not None),
+                              WRITE_TUNING[k][1]) for k in WRITE_TUNING}
+            if common["kind"] != "analog" and (common["min"] is not None or common["max"] is not None):
+                ctx.error(ppath + ("min" if common["min"] is not None else "max",),
+                          f"point {devid}/{pname}: min/max are write limits of analog points, "
+                          f"not of a {common['kind']} point")
+                continue
+            if common["min"] is not None and common["max"] is not None and common["min"] > common["max"]:
+                ctx.error(ppath + ("min",), f"point {devid}/{pname}: min {common['min']:g} is above "
+                                            f"max {common['max']:g}")
+                continue
             points[pname] = PointConfig(
                 id=f"{devid}/{pname}", name=common["name"] or pname, device=devid, driver=did,
                 kind=common["kind"], unit=common["unit"], convert=common["convert"],
@@ -1534,7 +1569,7 @@ def _load_driver(did, dtab, dpath, ctx, registry, plugin_errors, gw, hist, devic
                 writable=common["writable"], relinquish_default=common["relinquish_default"],
                 history=common["history"] or hist.get("mode", "cov"), enabled=common["enabled"],
                 tags=tuple(common["tags"]), description=common["description"], states=tuple(common["states"]),
-                binding=p,
+                binding=p, min=common["min"], max=common["max"], **tuning,
             )
         devices[devid] = DeviceConfig(id=devid, driver=did, enabled=dev_settings.pop("enabled"),
                                       settings=dev_settings, points=points)

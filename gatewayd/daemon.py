@@ -1,4 +1,4 @@
-"""The trio main: nursery tree, supervisor, writes, reload, signals, shutdown.
+"""The trio main: nursery tree, supervisor, reload, signals, shutdown (writes: gatewayd/writes.py).
 
 Nursery tree (outermost first), in the shape of hypercorn's trio runner::
 
@@ -41,16 +41,16 @@ import trio
 from . import __version__
 from .bus import Bus
 from .config import Config, ConfigError, ConnectorConfig, DriverConfig, load_config
-from .events import ConfigReloaded, WriteCompleted
+from .events import ConfigReloaded
 from .plugins import PluginRegistry
-from .points import PointError, PointTable, coerce_value
+from .points import PointTable
+from .writes import WRITE_TIMEOUT, WriteProtocol  # noqa: F401 - WRITE_TIMEOUT kept for callers
 
 log = logging.getLogger("gatewayd")
 
 __all__ = ["Gateway", "Runner", "run_daemon"]
 
 START_TIMEOUT = 30.0
-WRITE_TIMEOUT = 30.0
 
 
 def _leaf(e: BaseException) -> BaseException:
@@ -170,6 +170,7 @@ class Gateway:
         self.notifier = notifier or Notifier.from_env()
         self.bus = Bus()
         self.points = PointTable(self.bus)
+        self.writer = WriteProtocol(self)
         self.drivers: dict[str, Runner] = {}
         self.connectors: dict[str, Runner] = {}
         self.state: Any = None
@@ -236,66 +237,14 @@ class Gateway:
 
     # ------------------------------------------------------------------ writes
     async def write_point(self, point_id: str, value: Any, *, priority: int = 16, actor: str = "unknown") -> dict:
-        """``points.write``: priority array, driver write, read-back, audit.
+        """``points.write``: checks and limits, priority array, driver write, read-back, audit.
 
         ``value=None`` relinquishes ``priority``. Raises :class:`PointError` for a
-        bad request and :class:`gatewayd.plugin.WriteError` when the device write
-        failed (the command stays in the priority array; the write status of the
-        point shows the error).
+        refused request and :class:`gatewayd.plugin.WriteError` when the device
+        refused (the array is restored) or did not confirm (the command stays and is
+        re-sent). See :mod:`gatewayd.writes`.
         """
-        from .plugin import WriteError
-
-        p = self.points.get(point_id)
-        if not p.cfg.writable:
-            raise PointError(f"point {point_id!r} is not writable (set writable = true in its table)")
-        if isinstance(priority, bool) or not isinstance(priority, int) or not 1 <= priority <= 16:
-            raise PointError(f"priority must be an integer 1..16, got {priority!r}")
-        value = coerce_value(p.cfg.kind, value, p.cfg.states)
-        runner = self.drivers.get(p.cfg.driver)
-        async with p.write_lock:
-            p.pa.set(priority, value)
-            await self.state.set_priority(point_id, priority, value)
-            eff, level = p.pa.effective()
-            inst = runner.instance if runner and runner.state == "running" else None
-            detail = {"value": value, "priority": priority, "effective": eff, "active_level": level}
-            error = None
-            readback = None
-            try:
-                if inst is None:
-                    raise WriteError(f"driver {p.cfg.driver!r} is not running"
-                                     + (f" ({runner.state})" if runner else ""), kind="unavailable")
-                with trio.fail_after(WRITE_TIMEOUT):
-                    if hasattr(inst, "write_priority"):
-                        readback = await inst.write_priority(p.cfg, p.convert_out(value), priority)
-                    elif eff is not None:
-                        readback = await inst.write(p.cfg, p.convert_out(eff))
-            except trio.TooSlowError:
-                error = f"driver did not finish the write within {WRITE_TIMEOUT:g}s"
-            except WriteError as e:
-                error = str(e)
-            except Exception as e:
-                log.error("write to %s failed in the driver", point_id, exc_info=True,
-                          extra={"DRIVER": p.cfg.driver, "DEVICE": p.cfg.device, "POINT": point_id})
-                error = f"{type(e).__name__}: {e}"
-            ts = self.points.wall()
-            if error is None:
-                p.write_status, p.write_error = "ok", None
-                if readback is not None:
-                    self.points.ingest(point_id, readback, ts)
-                elif eff is not None and not hasattr(inst, "write_priority"):
-                    self.points.ingest(point_id, p.convert_out(eff), ts)
-            else:
-                p.write_status, p.write_error = "fault", error
-            detail["readback"] = p.value if error is None else None
-            await self.audit(actor, "points.write" if value is not None else "points.relinquish", point_id,
-                             {**detail, **({"error": error} if error else {})}, ok=error is None)
-            self.bus.publish(WriteCompleted(ts, point_id, p.cfg.device, p.cfg.driver, value, priority, actor, eff,
-                                            error is None, error))
-            if error is not None:
-                raise WriteError(f"write to {point_id} failed: {error}")
-            log.info("%s wrote %s = %r at priority %d (effective %r)", actor, point_id, value, priority, eff,
-                     extra={"DRIVER": p.cfg.driver, "DEVICE": p.cfg.device, "POINT": point_id})
-            return {"point": point_id, **detail}
+        return await self.writer.write(point_id, value, priority=priority, actor=actor)
 
     async def audit(self, actor: str, action: str, target: str, detail: dict, ok: bool = True) -> None:
         try:
@@ -502,6 +451,7 @@ class Gateway:
             "points": len(self.points.points), "points_by_status": counts,
             "events_published": self.bus.published, "values_ingested": self.points.ingested,
             "bus": self.bus.stats(), "recorder": self.recorder.stats() if self.recorder else None,
+            "writes": self.writer.status(),
         }
 
     def _build_rpc_methods(self) -> None:
@@ -535,6 +485,7 @@ class Gateway:
                 self.recorder = Recorder(self)
                 await core.start(self.recorder.run)
                 core.start_soon(self._stale_loop)
+                await core.start(self.writer.run)
                 if handle_signals:
                     core.start_soon(self._signal_loop)
                 from .systemd import run_watchdog

@@ -22,6 +22,7 @@ __all__ = [
     "DeviceDown",
     "DeviceRecovered",
     "WriteCompleted",
+    "WriteOverridden",
     "DriverEvent",
     "ConfigReloaded",
     "event_to_dict",
@@ -117,6 +118,21 @@ class WriteCompleted(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class WriteOverridden(Event):
+    """A commanded point was read back with another value than the one commanded
+    (``overridden=True``: changed at the device, e.g. a local panel or a device restart),
+    or agrees with the command again (``overridden=False``). Values are in point units."""
+
+    point: str
+    device: str
+    driver: str
+    commanded: Any
+    actual: Any
+    level: int | None
+    overridden: bool = True
+
+
+@dataclass(frozen=True, slots=True)
 class DriverEvent(Event):
     """A protocol-specific happening a driver wants recorded (``name`` such as
     ``ObjectListChanged`` or ``DeviceMonitorCycle``); ``data`` is JSON-able."""
@@ -143,6 +159,7 @@ _KINDS: dict[type, str] = {
     DeviceDown: "device_down",
     DeviceRecovered: "device_recovered",
     WriteCompleted: "write",
+    WriteOverridden: "write_overridden",
     DriverEvent: "driver_event",
     ConfigReloaded: "config_reloaded",
 }

@@ -64,14 +64,37 @@ __all__ = [
 
 
 class WriteError(Exception):
-    """A driver could not write; the message is shown to the operator and audited.
+    """A write did not happen; the message is shown to the operator and audited.
 
-    ``kind`` distinguishes exception/timeout/transport/invalid/encode.
+    ``kind`` says what the core does with the command (see ``gatewayd/writes.py``):
+
+    ==============  ==========================================================  ===================
+    kind            meaning                                                     priority array
+    ==============  ==========================================================  ===================
+    ``refused``     the device said no (Modbus exception 01..04, BACnet         restored as before
+                    Error/Reject/Abort, write-access-denied, out of range)
+    ``encode``      the value cannot be encoded for the register/type           restored as before
+    ``invalid``     a bad request (read-only point, unknown device ...)         restored as before
+    ``timeout``     no answer in time: the device may have applied it           kept, re-sent
+    ``transport``   the link is down                                            kept, re-sent
+    ``unavailable`` the driver is not running                                   kept, re-sent
+    ==============  ==========================================================  ===================
+
+    Any other kind (older drivers say ``"exception"`` or nothing) counts as ``refused``.
     """
 
-    def __init__(self, message: str, *, kind: str = "error") -> None:
+    KINDS = ("refused", "encode", "invalid", "timeout", "transport", "unavailable")
+    #: kinds after which the command stays in the priority array (the device may never have seen it)
+    KEEP = ("timeout", "transport", "unavailable")
+
+    def __init__(self, message: str, *, kind: str = "refused") -> None:
         super().__init__(message)
         self.kind = kind
+
+    @property
+    def kept(self) -> bool:
+        """True when the command stays in the priority array (timeout/transport/unavailable)."""
+        return self.kind in self.KEEP
 
 
 class _Logger(logging.LoggerAdapter):
@@ -128,6 +151,24 @@ class DriverContext(_Context):
 
     def device_log(self, device_id: str) -> logging.LoggerAdapter:
         return _Logger(self.log.logger, {"DRIVER": self.id, "DEVICE": device_id})
+
+    def write_lock(self, device_id: str, key: Any = None) -> trio.Lock:
+        """The gateway-wide lock of ``(device_id, key)`` for read-modify-write sequences.
+
+        Hold it from the read to the write of a shared register (e.g. two bit points of
+        one Modbus holding register, FC3 + FC6 when the device has no FC22), so that two
+        concurrent writes cannot lose one another's bits::
+
+            async with self.ctx.write_lock(point.device, ("hr", address)):
+                reg = await read(address)
+                await write(address, (reg & and_mask) | or_mask)
+
+        ``key`` narrows the lock (a register address); ``None`` locks the whole device.
+        The same arguments give the same lock for the life of the gateway (across driver
+        restarts and reloads). The core does not hold it around ``write()``: take it only
+        in the driver, and never nest two of them.
+        """
+        return self.gateway.writer.device_lock(device_id, key)
 
     async def report_discovery(self, key: str, data: dict) -> None:
         """Record a discovered device (a re-scan keeps an earlier accept/ignore decision)."""
@@ -211,6 +252,15 @@ class Driver:
         """Cross-key checks after schema validation: yield ``(key_path, message)``."""
         return ()
 
+    @classmethod
+    def write_range(cls, point: PointConfig) -> tuple[float | None, float | None]:
+        """The lowest and highest value ``write()`` can take for ``point``, in driver-value
+        space (after the inverse scale/convert), e.g. ``(0, 65535)`` for a Modbus uint16
+        register; ``None`` for an open end. The core maps it to the point's units through
+        its scale/offset and refuses writes outside it (with the point's ``min``/``max``)
+        before the driver sees them. The default is unbounded."""
+        return (None, None)
+
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Poll/subscribe until cancelled. Call ``task_status.started()`` once set up."""
         raise NotImplementedError
@@ -218,8 +268,9 @@ class Driver:
     async def write(self, point: PointConfig, value: Any) -> Any:
         """Write ``value`` (device units, after inverse scale/convert) and return the
         read-back raw value, or ``None`` if the protocol gives none. Raise
-        :class:`WriteError` on failure."""
-        raise WriteError(f"driver type of {self.config.id!r} does not support writes")
+        :class:`WriteError` with the right ``kind`` on failure (a refusal restores the
+        priority array; a timeout or link error keeps the command for a re-send)."""
+        raise WriteError(f"driver type of {self.config.id!r} does not support writes", kind="invalid")
 
     async def reloaded(self) -> None:
         """Called after a configuration reload (SIGHUP, ``config.reload``) that kept

@@ -131,6 +131,18 @@ def coerce_value(kind: str, value: Any, states: tuple[str, ...] = ()) -> Any:
     raise PointError(f"unknown point kind {kind!r}")  # pragma: no cover
 
 
+def _same_raw(a: Any, b: Any) -> bool:
+    """Whether a reading ``a`` agrees with the commanded raw value ``b``: integers
+    within rounding (0.5), floats within float32 precision, anything else equal."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return bool(a) == bool(b)
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        if isinstance(a, int) or isinstance(b, int):
+            return abs(a - b) <= 0.5 + 1e-9 * abs(b)
+        return abs(a - b) <= 1e-6 * max(abs(a), abs(b)) + 1e-9
+    return a == b
+
+
 # --------------------------------------------------------------------------- state
 
 
@@ -161,7 +173,7 @@ class PointState:
 
     __slots__ = ("cfg", "conv", "value", "raw", "ts", "mono", "status", "point_status", "reason", "flags",
                  "reported", "reported_status", "pa", "write_lock", "write_status", "write_error", "device",
-                 "identity", "fast", "unit_")
+                 "identity", "fast", "unit_", "cmd_raw", "mismatches", "overridden")
 
     def __init__(self, cfg: PointConfig, device: DeviceState) -> None:
         self.cfg = cfg
@@ -184,6 +196,18 @@ class PointState:
         self.identity = (cfg.scale == 1.0 and cfg.offset == 0.0 and cfg.calibration == 0.0 and self.conv is None)
         self.fast = cfg.kind == "analog"   # eligible for PointTable.ingest_many's fast path
         self.unit_ = self.conv.dst if self.conv else cfg.unit
+        # read-back check of a commanded value (gatewayd/writes.py): the raw value the device
+        # should hold, consecutive readings that disagree, and whether the point is flagged
+        self.cmd_raw: Any = None
+        self.mismatches = 0
+        self.overridden = False
+
+    def track_command(self, raw: Any) -> None:
+        """Compare later readings with ``raw`` (what the device holds after a confirmed
+        write), or stop comparing (``None``, e.g. while a re-send is pending)."""
+        self.cmd_raw = raw
+        self.mismatches = 0
+        self.fast = self.cfg.kind == "analog" and raw is None
 
     @property
     def unit(self) -> str | None:
@@ -234,6 +258,7 @@ class PointState:
                 "value": self.value, "unit": self.unit, "status": self.status, "reason": self.reason,
                 "flags": list(self.flags), "ts": self.ts, "writable": cfg.writable, "tags": list(cfg.tags),
                 "write_status": self.write_status, "write_error": self.write_error,
+                "overridden": self.overridden,
                 "description": cfg.description, "states": list(cfg.states)}
 
 
@@ -260,6 +285,12 @@ class PointTable:
         self.devices: dict[str, DeviceState] = {}
         self.by_device: dict[str, list[PointState]] = {}
         self.ingested = 0
+        #: called as ``device_opened(device_id, "start"|"open")`` when a driver instance's first
+        #: success for a device, or a success after failures/down, is reported (write tuning)
+        self.device_opened: Callable[[str, str], None] | None = None
+        #: called as ``on_override(point, overridden, raw)`` when a commanded point's reading
+        #: disagrees with the command twice in a row, or agrees again
+        self.on_override: Callable[[PointState, bool, Any], None] | None = None
 
     def mono(self) -> float:
         return self._mono() if self._mono else trio.current_time()
@@ -290,6 +321,7 @@ class PointTable:
                 old = old_points.get(pc.id)
                 if old is not None:
                     ps.pa.slots = old.pa.slots
+                    ps.write_status, ps.write_error = old.write_status, old.write_error
                     if old.cfg.kind == pc.kind and old.cfg.convert == pc.convert:
                         ps.value, ps.raw, ps.ts, ps.mono = old.value, old.raw, old.ts, old.mono
                         ps.status, ps.point_status, ps.flags = old.status, old.point_status, old.flags
@@ -358,6 +390,10 @@ class PointTable:
         p.mono = self.mono()
         old_flags = p.flags
         p.flags = tuple(flags) if flags else ()
+        if p.cmd_raw is not None:
+            self._check_command(p, raw)
+        if p.overridden and "overridden" not in p.flags:
+            p.flags = p.flags + ("overridden",)
         p.point_status = status or "ok"
         p.reason = None
         new_status = self._effective_status(p)
@@ -374,8 +410,8 @@ class PointTable:
     def ingest_many(self, items, ts: float) -> None:
         """Many raw readings taken at ``ts``: the hot path of polling drivers.
 
-        A number for an analog point that is already ``ok`` (device up, fresh value, no
-        flags) takes a short path: convert, COV check, publish. Anything else (first
+        A number for an analog point that is already ``ok`` and was last reported ``ok``
+        (device up, fresh value, no flags) takes a short path: convert, COV check, publish. Anything else (first
         value, status change, flags, other kinds) goes through :meth:`ingest`.
         Same results as calling :meth:`ingest` for each item (tests check both).
         """
@@ -414,6 +450,22 @@ class PointTable:
             self.ingested += n
             if out:
                 self.bus.publish_many(out)
+
+    def _check_command(self, p: PointState, raw: Any) -> None:
+        """Read-back check of a commanded point: two readings in a row that differ from
+        the command flag it ``overridden`` (one may have been taken before the write)."""
+        if _same_raw(raw, p.cmd_raw):
+            p.mismatches = 0
+            if p.overridden:
+                p.overridden = False
+                if self.on_override is not None:
+                    self.on_override(p, False, raw)
+            return
+        p.mismatches += 1
+        if p.mismatches >= 2 and not p.overridden:
+            p.overridden = True
+            if self.on_override is not None:
+                self.on_override(p, True, raw)
 
     @staticmethod
     def _cov_changed(p: PointState, value: Any) -> bool:
@@ -501,7 +553,9 @@ class DeviceHealth:
     ``failure()`` returns the delay before the next attempt (2 s, 4 s, ... capped
     at 5 min, ±10 % jitter). The ``down_after``-th consecutive failure marks the
     device down and publishes :class:`DeviceDown`; the next ``success()``
-    publishes :class:`DeviceRecovered`.
+    publishes :class:`DeviceRecovered`. The first ``success()`` of a driver
+    instance, and any ``success()`` after a failure, tell the write protocol the
+    device is open (``PointTable.device_opened``: write tuning re-sends commands).
     """
 
     BASE = 2.0
@@ -516,6 +570,7 @@ class DeviceHealth:
         self.cap = cap if cap is not None else self.CAP
         self.down_after = down_after if down_after is not None else self.DOWN_AFTER
         self.state = table.devices[device_id]
+        self._fresh = True  # no success yet from this driver instance
 
     @property
     def failures(self) -> int:
@@ -528,6 +583,9 @@ class DeviceHealth:
     def success(self) -> None:
         st = self.state
         was_down = st.conn_status == "down"
+        opened = self._fresh or st.failures > 0 or st.conn_status != "ok" or st.conn_state != "open"
+        reason = "start" if self._fresh else "open"
+        self._fresh = False
         st.failures = 0
         st.last_ok = self.table.wall()
         st.next_retry = None
@@ -539,6 +597,8 @@ class DeviceHealth:
             log.warning("device %s recovered after %.0fs", self.device_id, down_for,
                         extra={"DRIVER": st.driver, "DEVICE": self.device_id})
             self.table.bus.publish(DeviceRecovered(st.last_ok, st.driver, self.device_id, down_for))
+        if opened and self.table.device_opened is not None:
+            self.table.device_opened(self.device_id, reason)
 
     def mark_down(self, reason: str) -> None:
         """Declare the device down now (e.g. a monitor that missed its cycles), publishing

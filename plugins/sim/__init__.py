@@ -22,6 +22,20 @@ A device can be made to fail: ``fail = true`` in its table (applied on reload)
 or at run time ``gatewayctl sim fail --device ahu-1`` / ``--on false``. A failing
 device times out every cycle, so you see the backoff, ``down`` after 5 failures
 and ``DeviceRecovered`` when it comes back.
+
+For trying writes (see "Writes" in the README):
+
+* ``gatewayctl sim restart --device ahu-1`` power-cycles a device: one cycle
+  fails and every setpoint forgets what was written (back to ``base``), as a
+  real controller without retained commands does; write tuning re-sends;
+* ``gatewayctl sim set --point ahu-1/fan_speed --value 40`` changes a setpoint
+  at the device (a local panel), which flags a commanded point ``overridden``;
+* setpoint points with ``register = "<name>"`` and ``bit = 0..15`` are bits of a
+  shared 16-bit register, written by read-modify-write under the core's
+  per-device write lock (``rmw_lock = false`` on the device shows the race);
+  ``write_delay`` is the simulated time between that read and that write;
+* ``raw_min``/``raw_max`` on a point give the driver's write range (like a
+  register's data type), and ``refuse`` lists raw values the device refuses.
 """
 
 from __future__ import annotations
@@ -31,7 +45,8 @@ import random
 
 import trio
 
-from gatewayd.plugin import (Bool, Driver, Duration, Enum, Float, Int, Key, Schema, Str, WriteError, hookimpl)
+from gatewayd.plugin import (Bool, Driver, Duration, Enum, Float, Int, Key, List, Schema, Str, WriteError,
+                             hookimpl)
 
 MODELS = {
     "ahu": {
@@ -78,6 +93,8 @@ class SimDriver(Driver):
         "fail": Key(Bool(), False, "the device times out every cycle"),
         "interval": Key(Duration(min=0.01), None, "overrides the driver interval"),
         "timeout": Key(Duration(min=0), 0.5, "how long a failing device takes to time out"),
+        "write_delay": Key(Duration(min=0), 0.0, "time between the read and the write of a register bit"),
+        "rmw_lock": Key(Bool(), True, "take the core's write lock around register read-modify-write"),
     })
     point_schema = Schema({
         "signal": Key(Enum(*SIGNALS), "sine"),
@@ -88,7 +105,19 @@ class SimDriver(Driver):
         "noise": Key(Float(min=0), 0.0),
         "follows": Key(Str(), None),
         "lag": Key(Float(min=0.0, max=1.0), 0.3, "fraction of the gap closed per sample (follow)"),
+        "register": Key(Str(), None, "name of a shared 16-bit register this setpoint is a bit of"),
+        "bit": Key(Int(min=0, max=15), None, "the bit of that register"),
+        "raw_min": Key(Float(), None, "lowest raw value a write may carry (Driver.write_range)"),
+        "raw_max": Key(Float(), None, "highest raw value a write may carry (Driver.write_range)"),
+        "refuse": Key(List(Float()), list, "raw values the simulated device refuses"),
     })
+
+    @classmethod
+    def write_range(cls, point):
+        """``raw_min``/``raw_max`` of the point (a register bit takes 0..1)."""
+        if point.binding.get("register") is not None:
+            return (0, 1)
+        return (point.binding.get("raw_min"), point.binding.get("raw_max"))
 
     @classmethod
     def expand_points(cls, driver_id, device_id, settings):
@@ -109,12 +138,17 @@ class SimDriver(Driver):
                 elif f and f not in dev.points:
                     yield (("devices", dev.id, "points", p.name, "follows"),
                            f"point {p.id}: follows {f!r}, which is not a point of device {dev.id!r}")
+                if (p.binding.get("register") is None) != (p.binding.get("bit") is None):
+                    yield (("devices", dev.id, "points", p.name),
+                           f"point {p.id}: register and bit go together")
 
     def __init__(self, ctx):
         super().__init__(ctx)
         self.rng = random.Random(self.config.settings["seed"])
         self.failing = {d.id: d.settings["fail"] for d in self.config.devices.values()}
         self.state: dict[str, float] = {}
+        self.registers: dict[tuple[str, str], int] = {}  # (device, register name) -> 16-bit value
+        self.restarting: set[str] = set()
         self.cycles = 0
         self.writes = 0
 
@@ -143,6 +177,8 @@ class SimDriver(Driver):
         elif sig == "state":
             n = max(1, len(p.states))
             v = int(t // b["period"]) % n + 1
+        elif sig == "setpoint" and b.get("register") is not None:
+            v = (self.registers.get((p.device, b["register"]), 0) >> b["bit"]) & 1
         elif sig == "setpoint":
             v = self.state.setdefault(p.id, b["base"])
         else:  # follow
@@ -176,6 +212,16 @@ class SimDriver(Driver):
         self._dt = interval
         next_t = trio.current_time()
         while True:
+            if dev.id in self.restarting:  # a power cycle: one missed cycle, written values forgotten
+                self.restarting.discard(dev.id)
+                for p in points:
+                    self.state.pop(p.id, None)
+                    if p.binding.get("register") is not None:
+                        self.registers.pop((dev.id, p.binding["register"]), None)
+                health.failure("no response (simulated restart)")
+                await trio.sleep(interval)
+                next_t = trio.current_time()
+                continue
             if self.failing.get(dev.id):
                 await trio.sleep(dev.settings["timeout"])
                 delay = health.failure(f"no response within {dev.settings['timeout']:g}s (simulated failure)")
@@ -207,9 +253,50 @@ class SimDriver(Driver):
             raise WriteError(f"device {point.device} does not answer (simulated failure)", kind="timeout")
         if value is None:
             value = point.binding["base"]
+        if value in point.binding.get("refuse", ()):
+            raise WriteError(f"{point.id}: the simulated device refuses {value!r}", kind="refused")
+        if point.binding.get("register") is not None:
+            return await self._write_bit(point, value)
         self.state[point.id] = value
         self.writes += 1
         return value  # read-back
+
+    async def _write_bit(self, point, value):
+        """Read-modify-write of one bit of a shared register (as Modbus FC3 + FC6)."""
+        dev = self.config.devices[point.device]
+        key = (point.device, point.binding["register"])
+        if dev.settings["rmw_lock"]:
+            async with self.ctx.write_lock(point.device, ("register", point.binding["register"])):
+                return await self._rmw(dev, key, point.binding["bit"], value)
+        return await self._rmw(dev, key, point.binding["bit"], value)
+
+    async def _rmw(self, dev, key, bit, value):
+        cur = self.registers.get(key, 0)                        # read ...
+        await trio.sleep(dev.settings["write_delay"])           # ... the device takes its time ...
+        new = (cur | (1 << bit)) if value else (cur & ~(1 << bit))
+        self.registers[key] = new                               # ... write
+        self.writes += 1
+        return (new >> bit) & 1
+
+    def set_value(self, point_id: str, value) -> None:
+        """Change a setpoint at the device, behind the gateway's back (a local panel)."""
+        for dev in self.config.devices.values():
+            p = dev.points.get(point_id.split("/", 1)[-1]) if point_id.startswith(dev.id + "/") else None
+            if p is not None and p.binding.get("signal") == "setpoint":
+                if p.binding.get("register") is not None:
+                    key, bit = (p.device, p.binding["register"]), p.binding["bit"]
+                    cur = self.registers.get(key, 0)
+                    self.registers[key] = (cur | (1 << bit)) if value else (cur & ~(1 << bit))
+                else:
+                    self.state[p.id] = value
+                return
+        raise KeyError(point_id)
+
+    def restart(self, device: str) -> None:
+        """Power-cycle a simulated device: its next cycle fails and setpoints go back to ``base``."""
+        if device not in self.failing:
+            raise KeyError(device)
+        self.restarting.add(device)
 
     def set_failing(self, device: str, on: bool) -> None:
         if device not in self.failing:
@@ -240,3 +327,24 @@ def gatewayd_rpc_methods(registry, gateway):
         return {"device": device, "failing": bool(on)}
 
     registry.add("sim.fail", fail, role=Role.OPERATOR, mutating=True)
+
+    async def restart(call, device: str, driver: str | None = None):
+        """Power-cycle a simulated device: written setpoints are forgotten (write tuning re-sends them)."""
+        inst = gateway.driver_instance("sim", driver)
+        try:
+            inst.restart(device)
+        except KeyError:
+            raise RpcError(NOT_FOUND, f"no simulated device {device!r} in driver {inst.config.id!r}") from None
+        return {"device": device, "restarting": True}
+
+    async def set_(call, point: str, value, driver: str | None = None):
+        """Change a simulated setpoint at the device (as a local panel would), bypassing points.write."""
+        inst = gateway.driver_instance("sim", driver)
+        try:
+            inst.set_value(point, value)
+        except KeyError:
+            raise RpcError(NOT_FOUND, f"no simulated setpoint {point!r} in driver {inst.config.id!r}") from None
+        return {"point": point, "value": value}
+
+    registry.add("sim.restart", restart, role=Role.OPERATOR, mutating=True)
+    registry.add("sim.set", set_, role=Role.OPERATOR, mutating=True)

@@ -223,7 +223,7 @@ def test_coerce_rejects_bad_values(kind, value):
         coerce_value(kind, value, ("off", "heating", "cooling"))
 
 
-from hypothesis import given, settings  # noqa: E402
+from hypothesis import example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 
@@ -232,6 +232,8 @@ from hypothesis import strategies as st  # noqa: E402
                           st.one_of(st.floats(-1e6, 1e6), st.integers(-1000, 1000), st.booleans(), st.just("x"))),
                 max_size=40),
        st.lists(st.sampled_from(["ok", "down"]), max_size=40))
+# a device down then up again: the first value after it must be reported with status ok by both paths
+@example(seq=[("a", 0.0)] * 10 + [("a", 1.0)], dev_status=["ok", "ok", "ok", "down"] + ["ok"] * 7)
 def test_ingest_many_fast_path_equals_ingest(seq, dev_status):
     cfgs = [pc("a"), pc("b", cov_deadband=0.5, scale=0.1, unit="°C", convert="°C => °F"), pc("c", kind="binary"),
             pc("s", kind="string")]
