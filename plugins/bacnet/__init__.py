@@ -104,7 +104,7 @@ def norm_objid(s: str) -> str:
 
 
 def write_error_kind(e: BacnetError) -> str:
-    """The :class:`WriteError` kind of a failed WriteProperty (CONTRACTS C3): the device's
+    """The :class:`WriteError` kind of a failed WriteProperty: the device's
     Error/Reject/Abort is "refused" (nothing was applied), a value we could not encode
     "encode", no answer "timeout" (it may have been applied), a socket failure "transport"."""
     return {"timeout": "timeout", "transport": "transport", "invalid": "encode"}.get(e.kind, "refused")
@@ -502,7 +502,7 @@ class BacnetDriver(Driver):
     async def _forget_if_reconfigured(self) -> None:
         """At start: when the configuration differs from the one the devices were learned under
         (a reload restarted us for a changed device, address, accepted device or any other key),
-        forget everything learned; a plain daemon or crash restart keeps it (CONTRACTS C5)."""
+        forget everything learned; a plain daemon or crash restart keeps it."""
         digest = self.config_digest()
         stored = self.ctx.kv_get("learned_config")
         if stored == digest:

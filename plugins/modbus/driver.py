@@ -658,7 +658,7 @@ class ModbusDriver(Driver):
         return codec.RANGES.get(typ) or codec.FLOAT_RANGES.get(typ) or (None, None)
 
     def _encode_message(self, point, value, e: codec.EncodeError) -> str:
-        """An encode error in the point's own units, the raw limit second (CONTRACTS C1)."""
+        """An encode error in the point's own units, the raw limit second."""
         lo, hi = self.write_range(point)
         conv = getattr(point, "convert", None)
         if not isinstance(value, (int, float)) or isinstance(value, bool) or lo is None or conv:
@@ -686,7 +686,7 @@ class ModbusDriver(Driver):
     async def write(self, point, value):
         """Write ``value`` (driver units) to the point's register(s), then read it back.
 
-        Failures raise :class:`WriteError` with the kinds of CONTRACTS C3: ``refused`` (the device
+        Failures raise :class:`WriteError` with these kinds: ``refused`` (the device
         answered an exception), ``encode`` (the value does not fit the register), ``timeout`` (no or
         no valid answer: the device may have applied it), ``transport`` (the link is down or the
         device stayed busy: nothing was applied)."""

@@ -1,6 +1,6 @@
 """Learned per-device behaviour (ReadProperty fallback, RPM batch cap, object count) is kept
 across a daemon restart but forgotten by every reload that changes the driver's configuration
-(a replaced device's new address, an accepted device, any changed key): CONTRACTS C5."""
+(a replaced device's new address, an accepted device, any changed key)."""
 
 import trio
 

@@ -1,4 +1,4 @@
-"""Issue 11.10 / CONTRACTS C2: at a stop, connectors get the rest of shutdown_grace to drain.
+"""Issue 11.10: at a stop, connectors get the rest of shutdown_grace to drain.
 
 After the drivers stopped and the recorder committed every accepted event, each
 connector's ``drain()`` runs (concurrently) until it returns or the grace is over;
