@@ -51,6 +51,7 @@ amplitude = 10
 
 
 TICK = """
+[drivers.sim.devices.tick]
 [drivers.sim.devices.tick.points.w]
 signal = "sine"
 period = 0.5

@@ -29,6 +29,7 @@ def site(port):
 [drivers.tick]
 type = "sim"
 interval = "20ms"
+[drivers.tick.devices.t]
 [drivers.tick.devices.t.points.wave]
 signal = "sine"
 period = 0.5

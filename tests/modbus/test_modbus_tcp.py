@@ -207,16 +207,16 @@ async def test_every_write_path_with_read_back(tmp_path, server):
         assert regs["registers"] == [0x0001]                                                   # other bits kept
         r = await rpc(gw, "points.write", {"point": "m1/coil2", "value": False})               # FC5
         assert r["readback"] is False and pts["m1/coil2"].value is False
-        with pytest.raises(RpcRemoteError) as ei:                                              # encode error
+        before = (pts["m1/seven"].value, pts["m1/seven"].write_status)
+        with pytest.raises(RpcRemoteError) as ei:                    # beyond the register: refused before sending
             await rpc(gw, "points.write", {"point": "m1/seven", "value": 70000})
-        assert ei.value.message.endswith("m1/seven: 70000 is above the maximum 65535 for this point "
-                                         "(raw register limit 65535)")
-        assert pts["m1/seven"].write_status == "fault"
+        assert ei.value.code == -32602
+        assert ei.value.message == "70000 is above the maximum 65535 for this point (raw register limit 65535)"
+        assert (pts["m1/seven"].value, pts["m1/seven"].write_status) == before  # nothing was written
         # a scaled point (scale 0.5): the message speaks in the point's units, the raw limit second
         with pytest.raises(RpcRemoteError) as ei:
             await rpc(gw, "points.write", {"point": "m1/c", "value": 40000})
-        assert ei.value.message.endswith("m1/c: 40000 is above the maximum 32767.5 for this point "
-                                         "(raw register limit 65535)")
+        assert ei.value.message == "40000 is above the maximum 32767.5 for this point (raw register limit 65535)"
 
 
 async def test_write_multiple_uses_fc15_and_fc16(tmp_path, server):
