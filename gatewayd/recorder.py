@@ -43,89 +43,29 @@ beyond it the oldest held rows are dropped, counted per store in
 When a store is writable again one line says how many held rows were written
 and how many were lost; ``last_error`` is cleared once every store works.
 
-Outbox entry format (``kind``, ``key``, ``payload``)::
-
-    value   key = point id   payload = JSON [value, status] or [value, status, [flags]]
-    other   key = point or device id, payload = JSON of the event's fields
-
-:func:`decode_entry` turns an entry back into an event dict, adding unit, tags,
-device and driver from the live point table.
+The outbox entry format (:func:`encode_event`, and :func:`decode_entry` which
+turns an entry back into an event dict) is in :mod:`gatewayd.store.outbox.events`,
+beside the outbox; both are importable from here too.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import time
 from typing import TYPE_CHECKING, Any
 
 import trio
 
-from .events import Event, StatusChanged, ValueChanged, event_to_dict
+from .events import Event, StatusChanged, ValueChanged
+
+# the outbox entry format lives beside the outbox; re-exported here for existing callers
+from .store.outbox.events import decode_entry, encode_event  # noqa: F401
+from .store.outbox.events import jsonable as _jsonable
 
 if TYPE_CHECKING:  # pragma: no cover
     from .daemon import Gateway
 
 log = logging.getLogger("gatewayd.recorder")
-
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=str).encode
-_loads = json.JSONDecoder().decode
-
-
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    return v
-
-
-#: statuses are a closed set of plain words: safe to put in JSON without escaping
-_STATUS_JSON = {s: f',"{s}"]'.encode() for s in ("ok", "stale", "fault", "down", "disabled", "unknown",
-                                                  "remote-fault", "remote-down", "remote-stale")}
-_float_repr = float.__repr__
-_int_repr = int.__repr__
-_isfinite = math.isfinite
-
-
-def encode_event(ev: Event) -> tuple[float, str, str, bytes]:
-    """(ts, kind, key, payload) for the outbox."""
-    if type(ev) is ValueChanged:
-        if not ev.flags:  # the common case, written without the JSON encoder (same bytes, ~4x faster)
-            tail = _STATUS_JSON.get(ev.status)
-            v = ev.value
-            tv = type(v)
-            if tail is not None:
-                if tv is float and _isfinite(v):
-                    return ev.ts, "value", ev.point, b"[" + _float_repr(v).encode() + tail
-                if tv is int:
-                    return ev.ts, "value", ev.point, b"[" + _int_repr(v).encode() + tail
-        body = [_jsonable(ev.value), ev.status]
-        if ev.flags:
-            body.append(list(ev.flags))
-        return ev.ts, "value", ev.point, _dumps(body).encode()
-    d = event_to_dict(ev)
-    kind = d.pop("kind")
-    d.pop("ts", None)
-    key = d.get("point") or d.get("device") or d.get("driver") or ""
-    return ev.ts, kind, key, _dumps(d).encode()
-
-
-def decode_entry(gw: "Gateway | None", entry) -> dict:
-    """Outbox entry -> event dict (``kind``, ``seq``, ``ts`` and the event's fields)."""
-    seq, ts, kind, key, payload = entry[0], entry[1], entry[2], entry[3], entry[4]
-    body = _loads(payload.decode())  # (str in: json.loads on bytes first sniffs the encoding)
-    if kind == "value":
-        d = {"kind": "value", "seq": seq, "ts": ts, "point": key, "value": body[0], "status": body[1],
-             "flags": body[2] if len(body) > 2 else []}
-        p = gw.points.points.get(key) if gw is not None else None
-        if p is not None:
-            d.update(device=p.cfg.device, driver=p.cfg.driver, unit=p.unit, tags=list(p.cfg.tags))
-        else:
-            d.update(device=key.split("/", 1)[0], driver=None, unit=None, tags=[])
-        return d
-    body.update(kind=kind, seq=seq, ts=ts)
-    return body
-
 
 #: Estimated memory held by one sample waiting for history.db (tuple, ts, value, list slot).
 SAMPLE_MEMORY = 150

@@ -93,10 +93,18 @@ Threading: appends, acks and cap enforcement run on the store's writer thread;
 ``read``/``backlog``/``status`` are small inline reads of a WAL snapshot.  One
 process owns an outbox file; ``wait_for_data`` only sees appends made through
 this object.
+
+Layout: :mod:`.log` is :class:`Outbox` (append, stage/commit, caps,
+compaction, status); :mod:`.cursor` is :class:`OutboxCursor` and the cursor
+side of the outbox (create/remove, reads, counters, wake-ups); :mod:`.blocks`
+is the on-disk format (schema, block encoding); :mod:`.events` is the entry
+format of bus events (:func:`encode_event`, :func:`decode_entry`).  Every name
+is importable from ``gatewayd.store.outbox``.
 """
 
 from .blocks import (BLOCK_OVERHEAD, BLOCK_RAW_BYTES, CACHE_BLOCKS, COMPRESS_LEVEL, MIGRATIONS, PAGE_SIZE, Entry)
 from .cursor import OutboxCursor
+from .events import decode_entry, encode_event
 from .log import ENTRY_MEMORY, RESERVE_AHEAD, WAL_MIN_BUDGET, Outbox
 
 __all__ = [
@@ -112,4 +120,6 @@ __all__ = [
     "Entry",
     "Outbox",
     "OutboxCursor",
+    "decode_entry",
+    "encode_event",
 ]
