@@ -524,7 +524,7 @@ class Outbox(CursorSide, BaseStore):
             if not more:
                 return total
 
-
+    # -- status --------------------------------------------------------------
     def status(self, now: float | None = None) -> dict[str, Any]:
         """Counters for ``gatewayctl``: the log and, per cursor, its position.
 
