@@ -58,6 +58,9 @@ class CursorSide:
 
         def _staged_between(self, after: int, upto: int) -> int: ...
 
+        @property
+        def head(self) -> int: ...
+
     # -- cursors -----------------------------------------------------------
     def _create_cursor_txn(self, conn: apsw.Connection, name: str, start: str) -> None:
         if start == "oldest":
