@@ -65,7 +65,7 @@ import trio
 from .events import Event, StatusChanged, ValueChanged, event_to_dict
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .daemon import Gateway
+    from .plugin import GatewayAPI
 
 log = logging.getLogger("gatewayd.recorder")
 
@@ -139,7 +139,7 @@ class Recorder:
     #: Without samples to write, the replay marker is still moved after this many outbox entries.
     MARK_EVERY = 20_000
 
-    def __init__(self, gw: "Gateway") -> None:
+    def __init__(self, gw: "GatewayAPI") -> None:
         self.gw = gw
         self.sub = gw.bus.subscribe("recorder", durable=True)
         self.configure(gw.config)
