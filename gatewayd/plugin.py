@@ -20,7 +20,8 @@ A driver plugin in ~20 lines::
     def gatewayd_register(registry):
         registry.add_driver("echo", EchoDriver)
 
-Rules of the house (see ``gatewayd/hookspecs.py`` and ARCHITECTURE.md):
+A plugin imports nothing else from gatewayd (tests also use :mod:`gatewayd.testing`);
+``docs/plugins.md`` is the guide. Rules of the house (see ``gatewayd/hookspecs.py``):
 
 * report values and status only through ``self.sink`` (:class:`PointSink`);
 * no threads, no event loops of your own: blocking calls go through
