@@ -111,12 +111,13 @@ def supports(driver: Any, capability: str) -> bool:
     never ``hasattr``. For drivers written before capabilities existed, a driver
     that declares none but defines ``write_priority`` (or overrides ``discover``)
     still counts, and one deprecation line per class and capability is logged.
+    A class that sets ``capabilities`` (even to an empty set) is never probed.
     """
     if capability not in CAPABILITIES:
         raise ValueError(f"unknown driver capability {capability!r} (known: {', '.join(sorted(CAPABILITIES))})")
     cls = driver if isinstance(driver, type) else type(driver)
     declared = getattr(cls, "capabilities", None)
-    if declared:
+    if declared is not None and declared is not Driver.capabilities:  # the class (or a base) declares them
         return capability in declared
     probe = _LEGACY_PROBES.get(capability)
     if probe is None:
