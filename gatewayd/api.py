@@ -23,7 +23,7 @@ from .events import EVENT_TYPES, ValueChanged, event_to_dict
 from .points import PointError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .daemon import Gateway
+    from .plugin import GatewayAPI
 
 log = logging.getLogger("gatewayd.api")
 
@@ -170,9 +170,9 @@ def _unwatch(shared: _Shared, call: Any) -> None:
         shared.watchers.pop(call.uid, None)
 
 
-def build_registry(gw: "Gateway"):
+def build_registry(gw: "GatewayAPI"):
     """A fresh method table: core methods + every loaded plugin's."""
-    from .plugin import WriteError
+    from .plugin import DISCOVERY, WriteError, supports
     from .rpc import (AUDIT, CONFLICT, INVALID_PARAMS, LIMIT_EXCEEDED, NOT_FOUND, UNAVAILABLE, MethodRegistry, Role,
                       RpcError)
 
@@ -445,6 +445,8 @@ def build_registry(gw: "Gateway"):
     async def discovery_scan(call, driver: str, **params):
         """Run a user-initiated scan of ``driver``; extra params go to the driver (e.g. range)."""
         inst = gw.driver_instance(None, driver)
+        if not supports(inst, DISCOVERY):
+            raise RpcError(UNAVAILABLE, f"driver {driver!r} has no discovery")
         try:
             return await inst.discover(**params)
         except TypeError as e:

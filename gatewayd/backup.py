@@ -32,7 +32,7 @@ import trio
 from . import __version__
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .daemon import Gateway
+    from .plugin import GatewayAPI
 
 log = logging.getLogger("gatewayd.backup")
 
@@ -62,11 +62,11 @@ def _sha256(path: str) -> str:
     return h.hexdigest()
 
 
-def backup_dir(gw: "Gateway") -> str:
+def backup_dir(gw: "GatewayAPI") -> str:
     return gw.config.backup.dir or os.path.join(gw.config.gateway.state_dir, "backups")
 
 
-async def run_backup(gw: "Gateway", dest_dir: str | None = None) -> dict:
+async def run_backup(gw: "GatewayAPI", dest_dir: str | None = None) -> dict:
     """Back up every store of a running gateway; returns the manifest (with ``path``)."""
     root = dest_dir or backup_dir(gw)
     os.makedirs(root, exist_ok=True)
@@ -224,7 +224,7 @@ RETRY_AFTER = 600.0  # s before retrying a failed scheduled backup
 RECHECK = 60.0  # s: a reload that changes [backup] interval takes effect within this
 
 
-async def backup_loop(gw: "Gateway") -> None:
+async def backup_loop(gw: "GatewayAPI") -> None:
     """Scheduled backups every ``[backup] interval`` (nothing while it is unset).
 
     The schedule counts from the newest backup on disk, not from the daemon's start: a box
@@ -264,7 +264,7 @@ def _newest_created(root: str) -> float | None:
     return None
 
 
-def register_backup_methods(registry: Any, gw: "Gateway") -> None:
+def register_backup_methods(registry: Any, gw: "GatewayAPI") -> None:
     from .rpc import Role
 
     def only_configured(method: str, dir: str | None) -> str:

@@ -157,9 +157,11 @@ class Runner:
 class Gateway:
     """One running gateway: config, plugins, point table, bus, stores, runners.
 
-    This is also the API plugins reach through ``ctx.gateway`` and the
-    ``gatewayd_rpc_methods`` hook (``gateway.driver_instance("modbus")``,
-    ``gateway.write_point(...)``, ``gateway.state``, ``gateway.points``).
+    It implements :class:`gatewayd.plugin.GatewayAPI`, the part plugins reach
+    through ``ctx.gateway`` and the ``gatewayd_rpc_methods`` hook
+    (``gateway.driver_instance("modbus")``, ``gateway.write_point(...)``,
+    ``gateway.state``, ``gateway.points``); nothing outside the runtime imports
+    this module.
     """
 
     def __init__(self, config: Config, registry: PluginRegistry | None = None, *, notifier: Any = None) -> None:
@@ -230,7 +232,12 @@ class Gateway:
                 self._aio = await self._core_nursery.start(host)
             return self._aio
 
+    def write_lock(self, device_id: str, key: Any = None) -> trio.Lock:
+        """The gateway-wide read-modify-write lock of ``(device_id, key)`` (see :mod:`gatewayd.writes`)."""
+        return self.writer.device_lock(device_id, key)
+
     def outbox_cursor(self, name: str):
+        """The persisted outbox cursor ``name`` (created at the head when new)."""
         if self.outbox is None:
             raise RuntimeError("the outbox is not open")
         return self.outbox.cursor(name)

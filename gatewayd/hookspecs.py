@@ -15,6 +15,8 @@ plugins that the configuration uses are imported.
 The host calls every hook through pluggy (so ``@hookimpl(specname=...)`` and
 pluggy's hook options work), one plugin at a time, on the daemon's main thread
 (never from the worker threads that read and validate a configuration).
+``GATEWAYD_HOOK_TRACE=1`` logs every hook call (logger ``gatewayd.hooks``).
+docs/plugins.md documents every hook and parameter.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ def gatewayd_register(registry) -> None:
 def gatewayd_rpc_methods(registry, gateway) -> None:
     """Add JSON-RPC methods of this plugin to the control socket.
 
-    ``registry`` is a :class:`gatewayd.rpc.MethodRegistry` (``registry.add(name,
+    ``registry`` is a :class:`gatewayd.plugin.MethodRegistry` (``registry.add(name,
     handler, role=Role.OPERATOR, mutating=True)``); ``gateway`` is the
     :class:`gatewayd.plugin.GatewayAPI` the handlers use to reach driver
     instances (``gateway.driver("mb1")``), points and stores. Method names are

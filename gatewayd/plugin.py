@@ -20,7 +20,8 @@ A driver plugin in ~20 lines::
     def gatewayd_register(registry):
         registry.add_driver("echo", EchoDriver)
 
-Rules of the house (see ``gatewayd/hookspecs.py`` and ARCHITECTURE.md):
+A plugin imports nothing else from gatewayd (tests also use :mod:`gatewayd.testing`);
+``docs/plugins.md`` is the guide. Rules of the house (see ``gatewayd/hookspecs.py``):
 
 * report values and status only through ``self.sink`` (:class:`PointSink`);
 * no threads, no event loops of your own: blocking calls go through
@@ -35,32 +36,175 @@ Rules of the house (see ``gatewayd/hookspecs.py`` and ARCHITECTURE.md):
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Protocol, runtime_checkable
 
 import pluggy
 import trio
 
-from .config import (REQUIRED, AnyValue, Bool, ConnectorConfig, DeviceConfig, DriverConfig, Duration, Enum,
+from . import native
+from .aio import AsyncioBridge, AsyncioCancelled, AsyncioChannel, BridgeClosed
+from .bus import Bus
+from .config import (REQUIRED, AnyValue, Bool, Config, ConnectorConfig, DeviceConfig, DriverConfig, Duration, Enum,
                      Float, Int, Key, List, Map, PointConfig, Schema, SecretStr, Size, Str, Table)
 from .events import (DeviceDown, DeviceRecovered, DeviceStatusChanged, DriverEvent, Event, StatusChanged,
                      ValueChanged, WriteCompleted)
-from .points import DeviceHealth, PointError, PointSink
+from .points import DeviceHealth, PointError, PointSink, PointTable
+from .rpc import (AUDIT, CONFLICT, INVALID_PARAMS, LIMIT_EXCEEDED, NOT_FOUND, PERMISSION_DENIED, UNAVAILABLE, Call,
+                  MethodRegistry, Role, RpcError)
+from .store import Entry, OutboxCursor
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .daemon import Gateway
+    from .plugins import PluginRegistry
+    from .store import HistoryStore, Outbox, StateStore
+
+log = logging.getLogger("gatewayd.plugin")
 
 hookimpl = pluggy.HookimplMarker("gatewayd")
 """Marker for hook implementations in a plugin module (``@hookimpl``)."""
 
 __all__ = [
-    "hookimpl", "Driver", "Connector", "DriverContext", "ConnectorContext", "WriteError",
-    "PointSink", "DeviceHealth", "PointError",
+    # hooks, base classes, contexts, the gateway
+    "hookimpl", "Driver", "Connector", "DriverContext", "ConnectorContext", "GatewayAPI", "RunnerInfo",
+    # driver capabilities
+    "PRIORITY_ARRAY", "DISCOVERY", "DIAGNOSTICS", "CAPABILITIES", "supports",
+    # writes and values
+    "WriteError", "PointSink", "DeviceHealth", "PointError",
+    # settings schemas
     "Schema", "Key", "REQUIRED", "Str", "SecretStr", "Int", "Float", "Bool", "Duration", "Size", "Enum",
     "List", "Table", "Map", "AnyValue",
+    # configuration model
     "PointConfig", "DeviceConfig", "DriverConfig", "ConnectorConfig",
+    # events
     "Event", "ValueChanged", "StatusChanged", "DeviceStatusChanged", "DeviceDown", "DeviceRecovered",
     "WriteCompleted", "DriverEvent",
+    # JSON-RPC methods of a plugin
+    "RpcError", "Role", "MethodRegistry", "Call", "AUDIT", "INVALID_PARAMS", "NOT_FOUND", "CONFLICT",
+    "UNAVAILABLE", "LIMIT_EXCEEDED", "PERMISSION_DENIED",
+    # asyncio libraries
+    "AsyncioBridge", "AsyncioChannel", "AsyncioCancelled", "BridgeClosed",
+    # connectors: the outbox
+    "OutboxCursor", "Entry",
+    # native protocol helpers (CRC, RTU framing, register codec, read planner, MS/TP)
+    "native",
 ]
+
+#: Driver capability: the device keeps its own priority array; ``write_priority(point, value_or_None,
+#: priority)`` receives the requested level (``None`` relinquishes it) instead of the effective value.
+PRIORITY_ARRAY = "priority_array"
+#: Driver capability: ``discover(**params)`` and ``accept_discovered(key, data)`` work (``discovery.*`` RPC).
+DISCOVERY = "discovery"
+#: Driver capability: the plugin adds diagnostic RPC methods (raw reads, statistics) for its driver instances.
+DIAGNOSTICS = "diagnostics"
+#: Every capability name the core knows.
+CAPABILITIES = frozenset({PRIORITY_ARRAY, DISCOVERY, DIAGNOSTICS})
+
+# capability -> the method whose presence (or override) older plugins used to signal it
+_LEGACY_PROBES = {PRIORITY_ARRAY: "write_priority", DISCOVERY: "discover"}
+_warned: set[tuple[type, str]] = set()
+
+
+def supports(driver: Any, capability: str) -> bool:
+    """True when ``driver`` (an instance or a :class:`Driver` subclass) has ``capability``.
+
+    A driver declares what it can do in its class attribute ``capabilities``
+    (e.g. ``frozenset({PRIORITY_ARRAY, DISCOVERY})``); the core asks this function,
+    never ``hasattr``. For drivers written before capabilities existed, a driver
+    that declares none but defines ``write_priority`` (or overrides ``discover``)
+    still counts, and one deprecation line per class and capability is logged.
+    A class that sets ``capabilities`` (even to an empty set) is never probed.
+    """
+    if capability not in CAPABILITIES:
+        raise ValueError(f"unknown driver capability {capability!r} (known: {', '.join(sorted(CAPABILITIES))})")
+    cls = driver if isinstance(driver, type) else type(driver)
+    declared = getattr(cls, "capabilities", None)
+    if declared is not None and declared is not Driver.capabilities:  # the class (or a base) declares them
+        return capability in declared
+    probe = _LEGACY_PROBES.get(capability)
+    if probe is None:
+        return False
+    impl = getattr(cls, probe, None)
+    found = impl is not None and impl is not getattr(Driver, probe, None)
+    if found and (cls, capability) not in _warned:
+        _warned.add((cls, capability))
+        log.warning("driver type %s.%s defines %s() but declares no capabilities; add "
+                    "capabilities = frozenset({%r}) to the class (the method probe is deprecated)",
+                    cls.__module__, cls.__qualname__, probe, capability)
+    return found
+
+
+@runtime_checkable
+class RunnerInfo(Protocol):
+    """One supervised driver or connector instance, as :attr:`GatewayAPI.drivers` lists it."""
+
+    id: str
+    cfg: Any  #: its :class:`DriverConfig` or :class:`ConnectorConfig`
+    instance: Any  #: the running :class:`Driver`/:class:`Connector`, or None between restarts
+    state: str  #: starting, running, backoff, stopped or disabled
+    last_error: str | None
+
+    def info(self) -> dict:
+        """The ``drivers.list`` / ``connectors.status`` row of this instance."""
+        ...
+
+
+@runtime_checkable
+class GatewayAPI(Protocol):
+    """What plugins, RPC methods, backups and the recorder may ask of the running gateway.
+
+    The daemon's gateway implements it; plugin code receives it as ``ctx.gateway``
+    and as the ``gateway`` argument of the ``gatewayd_rpc_methods`` hook, and should
+    prefer the narrower context methods (``ctx.kv_*``, ``ctx.write_point`` ...).
+    Everything here is called on the trio thread.
+    """
+
+    config: Config  #: the configuration in force (replaced by a reload)
+    points: PointTable  #: every point's state, by id (``points.get(id)``, ``points.select(...)``)
+    bus: Bus  #: live events (``bus.subscribe()``); lossy for slow readers, use the outbox for data
+    registry: "PluginRegistry"  #: the loaded plugins and their driver/connector types
+    drivers: Mapping[str, RunnerInfo]  #: driver instances by id
+    connectors: Mapping[str, RunnerInfo]  #: connector instances by id
+    state: "StateStore | None"  #: state.db: key-value store, priority arrays, discovery records, audit
+    history: "HistoryStore | None"  #: history.db (None when history is off)
+    outbox: "Outbox | None"  #: outbox.db: what connectors read with their cursors
+    ready: trio.Event  #: set once every instance started (or reported its failure)
+    stopping: trio.Event  #: set when a stop was requested
+    reloads: int  #: number of configuration reloads applied
+
+    def driver_instance(self, type_name: str | None = None, driver_id: str | None = None) -> Any:
+        """The running driver ``driver_id`` (or the only one of ``type_name``); raises :class:`RpcError`."""
+        ...
+
+    async def write_point(self, point_id: str, value: Any, *, priority: int = 16, actor: str = "unknown") -> dict:
+        """The one write path (checks, priority array, driver, read-back, audit, event)."""
+        ...
+
+    def write_lock(self, device_id: str, key: Any = None) -> trio.Lock:
+        """The gateway-wide read-modify-write lock of ``(device_id, key)``."""
+        ...
+
+    async def audit(self, actor: str, action: str, target: str, detail: dict, ok: bool = True) -> None:
+        """Add an audit entry (never raises: a failure is logged)."""
+        ...
+
+    async def asyncio_bridge(self) -> AsyncioBridge:
+        """The process's one asyncio bridge, started on first use."""
+        ...
+
+    def outbox_cursor(self, name: str) -> OutboxCursor:
+        """The persisted outbox cursor ``name`` (created at the head when new)."""
+        ...
+
+    def decode_entry(self, entry: Entry) -> dict:
+        """An outbox entry as an event dict."""
+        ...
+
+    async def reload(self, source: str = "SIGHUP") -> dict:
+        """Re-read, validate and apply the configuration; returns what changed or why it was refused."""
+        ...
+
+    def status(self) -> dict:
+        """The ``gateway.status`` figures."""
+        ...
 
 
 class WriteError(Exception):
@@ -108,7 +252,9 @@ class _Logger(logging.LoggerAdapter):
 
 
 class _Context:
-    def __init__(self, gateway: "Gateway", kind: str, id: str) -> None:
+    """What both contexts offer: the gateway, a logger, persistent key/value state, events."""
+
+    def __init__(self, gateway: GatewayAPI, kind: str, id: str) -> None:
         self.gateway = gateway
         self.id = id
         self._ns = f"{kind}:{id}"
@@ -144,7 +290,7 @@ class _Context:
 class DriverContext(_Context):
     """What a driver instance gets: its config, its sink, its log, the gateway."""
 
-    def __init__(self, gateway: "Gateway", config: DriverConfig) -> None:
+    def __init__(self, gateway: GatewayAPI, config: DriverConfig) -> None:
         super().__init__(gateway, "driver", config.id)
         self.config = config
         self.sink = PointSink(gateway.points, config.id)
@@ -168,7 +314,7 @@ class DriverContext(_Context):
         restarts and reloads). The core does not hold it around ``write()``: take it only
         in the driver, and never nest two of them.
         """
-        return self.gateway.writer.device_lock(device_id, key)
+        return self.gateway.write_lock(device_id, key)
 
     async def report_discovery(self, key: str, data: dict) -> None:
         """Record a discovered device (a re-scan keeps an earlier accept/ignore decision)."""
@@ -189,7 +335,7 @@ class DriverContext(_Context):
 class ConnectorContext(_Context):
     """What a connector instance gets: its config, its outbox cursor, the gateway."""
 
-    def __init__(self, gateway: "Gateway", config: ConnectorConfig) -> None:
+    def __init__(self, gateway: GatewayAPI, config: ConnectorConfig) -> None:
         super().__init__(gateway, "connector", config.id)
         self.config = config
 
@@ -235,6 +381,10 @@ class Driver:
     settings_schema: Schema | None = None
     device_schema: Schema | None = None
     point_schema: Schema | None = None
+    #: Optional abilities the core may use (:data:`PRIORITY_ARRAY`, :data:`DISCOVERY`,
+    #: :data:`DIAGNOSTICS`); checked with :func:`supports`, never by probing for methods.
+    capabilities: frozenset[str] = frozenset()
+    _gatewayd_kind = "driver"  # lets the plugin manager check types without importing this module
 
     def __init__(self, ctx: DriverContext) -> None:
         self.ctx = ctx
@@ -278,11 +428,12 @@ class Driver:
         state a reload is meant to reset (e.g. learned refusals); the default does
         nothing. An exception is logged and does not fail the reload."""
 
-    # Optional: ``async def write_priority(self, point, value_or_None, priority) -> readback``.
-    # When a driver defines it, ``points.write`` passes the *requested* value and
-    # priority straight through (``None`` relinquishes that level on the device)
-    # instead of the effective value: for protocols whose devices keep their own
-    # priority array (BACnet), the device stays authoritative.
+    # With the capability PRIORITY_ARRAY the driver also defines
+    # ``async def write_priority(self, point, value_or_None, priority) -> readback``:
+    # ``points.write`` then passes the *requested* value and priority straight through
+    # (``None`` relinquishes that level on the device) instead of the effective value:
+    # for protocols whose devices keep their own priority array (BACnet), the device
+    # stays authoritative.
 
     async def discover(self, **params: Any) -> dict:
         """User-initiated discovery (``discovery.scan``); report findings with
@@ -307,6 +458,7 @@ class Connector:
     """
 
     settings_schema: Schema | None = None
+    _gatewayd_kind = "connector"  # lets the plugin manager check types without importing this module
 
     def __init__(self, ctx: ConnectorContext) -> None:
         self.ctx = ctx
@@ -315,9 +467,11 @@ class Connector:
 
     @classmethod
     def validate_config(cls, config: ConnectorConfig) -> Iterable[tuple[tuple[str, ...], str]]:
+        """Cross-key checks after schema validation: yield ``(key_path, message)``."""
         return ()
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Read the outbox and send upstream until cancelled. Call ``task_status.started()`` once set up."""
         raise NotImplementedError
 
     async def reloaded(self) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import logging
+import os
 import sys
 import threading
 from typing import Any
@@ -30,10 +31,15 @@ import pluggy
 from . import hookspecs
 
 log = logging.getLogger("gatewayd.plugins")
+hook_log = logging.getLogger("gatewayd.hooks")
+
+#: Set to 1 to log every hook call (hook name, arguments, which plugin, result) to the
+#: logger ``gatewayd.hooks`` at INFO, through pluggy's own tracing.
+HOOK_TRACE_ENV = "GATEWAYD_HOOK_TRACE"
 
 ENTRY_POINT_GROUP = "gatewayd.plugins"
 
-__all__ = ["PluginRegistry", "TypeRegistry", "PluginLoadError", "ENTRY_POINT_GROUP"]
+__all__ = ["PluginRegistry", "TypeRegistry", "PluginLoadError", "ENTRY_POINT_GROUP", "HOOK_TRACE_ENV"]
 
 
 class PluginLoadError(Exception):
@@ -60,17 +66,13 @@ class TypeRegistry:
 
     def add_driver(self, name: str, cls: type) -> None:
         """Register a :class:`gatewayd.plugin.Driver` subclass as driver type ``name``."""
-        from .plugin import Driver
-
-        if not (isinstance(cls, type) and issubclass(cls, Driver)):
+        if not (isinstance(cls, type) and getattr(cls, "_gatewayd_kind", None) == "driver"):
             raise PluginLoadError(f"plugin {self._current}: driver type {name!r} must subclass gatewayd.plugin.Driver")
         self._add("driver", self.drivers, name, cls)
 
     def add_connector(self, name: str, cls: type) -> None:
         """Register a :class:`gatewayd.plugin.Connector` subclass as connector type ``name``."""
-        from .plugin import Connector
-
-        if not (isinstance(cls, type) and issubclass(cls, Connector)):
+        if not (isinstance(cls, type) and getattr(cls, "_gatewayd_kind", None) == "connector"):
             raise PluginLoadError(f"plugin {self._current}: connector type {name!r} must subclass gatewayd.plugin.Connector")
         self._add("connector", self.connectors, name, cls)
 
@@ -83,6 +85,13 @@ def _missing_dependency_message(origin: str, module: str, exc: ModuleNotFoundErr
     return f"plugin {origin!r} (module {module}) needs the Python package {missing!r}, which is not installed"
 
 
+def _write_trace(message: str) -> None:
+    """pluggy's trace writer: one log record per non-empty line."""
+    for line in message.splitlines():
+        if line.strip():
+            hook_log.info("%s", line.rstrip())
+
+
 class PluginRegistry:
     """Loads plugins on demand and keeps the registered types."""
 
@@ -93,6 +102,11 @@ class PluginRegistry:
         self.loaded: dict[str, Any] = {}  # module name -> module
         self.failed: dict[str, str] = {}
         self.owner_thread = threading.get_ident()
+        if os.environ.get(HOOK_TRACE_ENV, "").strip() not in ("", "0"):
+            self.pm.trace.root.setwriter(_write_trace)
+            self.pm.enable_tracing()
+            if hook_log.getEffectiveLevel() > logging.INFO:
+                hook_log.setLevel(logging.INFO)
 
     def _wrong_thread(self, what: str) -> str | None:
         if threading.get_ident() == self.owner_thread:

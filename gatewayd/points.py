@@ -47,11 +47,15 @@ from typing import Any, Callable, Iterable
 import trio
 
 from .bus import Bus
-from .config import Config, DriverConfig, PointConfig
 from .events import (DeviceDown, DeviceRecovered, DeviceStatusChanged, StatusChanged, ValueChanged, value_changed)
 from .units import Conversion, parse_convert
 
 log = logging.getLogger("gatewayd.points")
+
+# The configuration model (gatewayd.config's Config, DriverConfig, PointConfig) appears
+# here in annotations only and is not imported: the configuration validator imports this
+# module (coerce_value), and the core keeps its import graph free of cycles.
+Config = DriverConfig = PointConfig = Any
 
 __all__ = ["PointTable", "PointState", "PointSink", "DeviceHealth", "PriorityArray", "DeviceState",
            "PointError", "coerce_value"]

@@ -63,7 +63,7 @@ from .store.outbox.events import decode_entry, encode_event  # noqa: F401
 from .store.outbox.events import jsonable as _jsonable
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .daemon import Gateway
+    from .plugin import GatewayAPI
 
 log = logging.getLogger("gatewayd.recorder")
 
@@ -79,7 +79,7 @@ class Recorder:
     #: Without samples to write, the replay marker is still moved after this many outbox entries.
     MARK_EVERY = 20_000
 
-    def __init__(self, gw: "Gateway") -> None:
+    def __init__(self, gw: "GatewayAPI") -> None:
         self.gw = gw
         self.sub = gw.bus.subscribe("recorder", durable=True)
         self.configure(gw.config)

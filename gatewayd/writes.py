@@ -43,15 +43,13 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import TYPE_CHECKING, Any, Hashable
+from typing import Any, Hashable
 
 import trio
 
 from .events import WriteCompleted, WriteOverridden
+from .plugin import PRIORITY_ARRAY, GatewayAPI, WriteError, supports
 from .points import PointError, PointState, coerce_value
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .daemon import Gateway
 
 log = logging.getLogger("gatewayd.writes")
 
@@ -117,7 +115,7 @@ class WriteProtocol:
     """The write path of one gateway (``gateway.writer``): checks, priority array,
     driver call, outcome, audit, events, and write tuning (its :meth:`run` task)."""
 
-    def __init__(self, gw: "Gateway") -> None:
+    def __init__(self, gw: "GatewayAPI") -> None:
         self.gw = gw
         self._locks: dict[tuple[str, Hashable], trio.Lock] = {}
         self._due: dict[str, float] = {}       # point id -> when to send (trio clock)
@@ -179,8 +177,6 @@ class WriteProtocol:
         refused (array restored) or could not confirm (command kept, re-sent later).
         Every outcome is audited with ``actor``.
         """
-        from .plugin import WriteError
-
         action = "points.write" if value is not None else "points.relinquish"
         try:
             p = self.gw.points.get(point_id)
@@ -256,8 +252,6 @@ class WriteProtocol:
         levels when ``None``); others get the effective value. The write status,
         read-back ingestion and command tracking are updated here.
         """
-        from .plugin import WriteError
-
         pid = p.cfg.id
         runner = self.gw.drivers.get(p.cfg.driver)
         inst = runner.instance if runner and runner.state == "running" else None
@@ -271,7 +265,7 @@ class WriteProtocol:
                 raise WriteError(f"driver {p.cfg.driver!r} is not running" + (f" ({runner.state})" if runner else ""),
                                  kind="unavailable")
             with trio.fail_after(WRITE_TIMEOUT):
-                if hasattr(inst, "write_priority"):
+                if supports(inst, PRIORITY_ARRAY):
                     lv = sorted(levels) if levels is not None else \
                         [i + 1 for i, v in enumerate(p.pa.slots) if v is not None]
                     for lvl in lv:
@@ -302,7 +296,7 @@ class WriteProtocol:
                 self.gw.points.ingest(pid, readback, ts)
             elif sent is not None:
                 self.gw.points.ingest(pid, sent, ts)
-            commanded = self._has_command(p) and not hasattr(inst, "write_priority")
+            commanded = self._has_command(p) and not supports(inst, PRIORITY_ARRAY)
             p.track_command(expect if commanded else None)
             if p.cfg.write_max_time > 0:
                 self._schedule(p, "max_time", trio.current_time() + p.cfg.write_max_time)

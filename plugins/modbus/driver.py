@@ -10,13 +10,15 @@ from typing import Any
 
 import trio
 
-from gatewayd.native import codec, planner
-from gatewayd.plugin import Bool, Driver, Duration, Enum, Int, Key, Map, Schema, Str, WriteError
+from gatewayd.plugin import (DIAGNOSTICS, DISCOVERY, Bool, Driver, Duration, Enum, Int, Key, Map, Schema, Str,
+                             WriteError, native)
 
 from . import pdu
 from .pdu import InvalidResponse, ModbusException
 from .profiles import ProfileError, load_profile, match_profile
 from .transport import Link, RtuStreamLink, SerialLink, TcpLink, Timeout, TransportError
+
+codec, planner = native.codec, native.planner
 
 TABLES = {"coil": 0, "discrete": 1, "holding": 2, "input": 3}
 TABLE_NAMES = {v: k for k, v in TABLES.items()}
@@ -159,6 +161,8 @@ class Device:
 
 class ModbusDriver(Driver):
     """Modbus TCP, RTU and RTU-over-TCP devices; see plugins/modbus/README.md."""
+
+    capabilities = frozenset({DISCOVERY, DIAGNOSTICS})
 
     settings_schema = Schema(dict(COMMON))
     device_schema = Schema({**COMMON,

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import inspect
 
-from gatewayd.native import codec
+from gatewayd.plugin import native
 
 from .pdu import InvalidResponse, ModbusException
 from .profiles import list_profiles, match_profile
 from .transport import Timeout, TransportError
+
+codec = native.codec
 
 
 def _reason(e):
@@ -30,7 +32,7 @@ DIAG_COUNTERS = {11: "bus_message_count", 12: "bus_communication_errors", 13: "b
 
 
 def add_methods(registry, gateway) -> None:
-    from gatewayd.rpc import CONFLICT, INVALID_PARAMS, NOT_FOUND, UNAVAILABLE, Role, RpcError
+    from gatewayd.plugin import CONFLICT, INVALID_PARAMS, NOT_FOUND, UNAVAILABLE, Role, RpcError
 
     from .driver import DeviceBusy
 

@@ -26,9 +26,11 @@ import time
 
 import trio
 
-from gatewayd.native import rtu
+from gatewayd.plugin import native
 
 from .pdu import InvalidResponse, Mbap, ModbusException, Request
+
+rtu = native.rtu
 
 __all__ = ["Timeout", "TransportError", "connect", "Link", "TcpLink", "RtuStreamLink", "SerialLink", "t35"]
 

@@ -315,7 +315,7 @@ def gatewayd_register(registry):
 
 @hookimpl
 def gatewayd_rpc_methods(registry, gateway):
-    from gatewayd.rpc import NOT_FOUND, Role, RpcError
+    from gatewayd.plugin import NOT_FOUND, Role, RpcError
 
     async def fail(call, device: str, on: bool = True, driver: str | None = None):
         """Make a simulated device fail (on=true) or recover (on=false)."""

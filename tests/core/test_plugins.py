@@ -76,13 +76,18 @@ def test_every_hook_has_a_contract_docstring():
 def test_plugin_face_is_pinned():
     # What plugin authors import. Changing this list is an API change: update docs and plugins.
     assert sorted(face.__all__) == sorted([
-        "hookimpl", "Driver", "Connector", "DriverContext", "ConnectorContext", "WriteError",
-        "PointSink", "DeviceHealth", "PointError",
+        "hookimpl", "Driver", "Connector", "DriverContext", "ConnectorContext", "GatewayAPI", "RunnerInfo",
+        "PRIORITY_ARRAY", "DISCOVERY", "DIAGNOSTICS", "CAPABILITIES", "supports",
+        "WriteError", "PointSink", "DeviceHealth", "PointError",
         "Schema", "Key", "REQUIRED", "Str", "SecretStr", "Int", "Float", "Bool", "Duration", "Size", "Enum",
         "List", "Table", "Map", "AnyValue",
         "PointConfig", "DeviceConfig", "DriverConfig", "ConnectorConfig",
         "Event", "ValueChanged", "StatusChanged", "DeviceStatusChanged", "DeviceDown", "DeviceRecovered",
         "WriteCompleted", "DriverEvent",
+        "RpcError", "Role", "MethodRegistry", "Call", "AUDIT", "INVALID_PARAMS", "NOT_FOUND", "CONFLICT",
+        "UNAVAILABLE", "LIMIT_EXCEEDED", "PERMISSION_DENIED",
+        "AsyncioBridge", "AsyncioChannel", "AsyncioCancelled", "BridgeClosed",
+        "OutboxCursor", "Entry", "native",
     ])
     for name in face.__all__:
         assert getattr(face, name) is not None
