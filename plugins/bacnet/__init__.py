@@ -30,12 +30,13 @@ from .config import (DEFAULT_PORT, DEVICE_SCHEMA, DRIVER_DEFAULTS, MODES,  # noq
 from .device import _Dev, _objects_n, flags_of
 from .reading import Batch, ObjectRead, kind_of, plan_batches  # noqa: F401 (kind_of: public helper)
 from .stack import BacnetError, Stack
+from .timesync import TimeSyncMixin
 from .writes import WritesMixin, write_error_kind  # noqa: F401 (re-exported)
 
 EXTRA = "bacnet"
 
 
-class BacnetDriver(WritesMixin, Driver):
+class BacnetDriver(WritesMixin, TimeSyncMixin, Driver):
     """BACnet/IP devices on one or more networks; see the module docstring and README.md."""
 
     settings_schema = SETTINGS_SCHEMA
@@ -787,33 +788,6 @@ class BacnetDriver(WritesMixin, Driver):
         if d is None:
             raise KeyError(device_id)
         return d
-
-    async def time_sync(self, device_ids: list[str] | None = None, utc: bool = True) -> dict:
-        """Send (UTC)TimeSynchronization to the given devices (all when ``None``); per device
-        ``{"ok": True, "utc"|"local": sent}`` or ``{"ok": False, "error": ...}``."""
-        out = {}
-        for d in self.devs.values():
-            if device_ids is not None and d.id not in device_ids:
-                continue
-            if not d.address or not d.cfg.enabled:
-                out[d.id] = {"ok": False, "error": "not found yet"}
-                continue
-            try:
-                sent = await self.aio.run(self.stacks[d.network].time_sync, d.address, utc)
-                out[d.id] = {"ok": True, "utc" if utc else "local": sent}
-            except BacnetError as e:
-                out[d.id] = {"ok": False, "error": str(e)}
-        return out
-
-    async def _time_sync_loop(self) -> None:
-        while True:
-            utc = self.config.settings["time_sync_utc"]
-            res = await self.time_sync(utc=utc)
-            self.stats["time_syncs"] += 1
-            self.log.info("time synchronization (%s) sent to %d device(s)", "UTC" if utc else "local time",
-                          sum(1 for r in res.values() if r["ok"]))
-            self._bump()
-            await trio.sleep(self.config.settings["time_sync_interval"])
 
     async def reinitialize(self, device_id: str, state: str, password: str | None) -> None:
         d = self.device(device_id)
