@@ -14,9 +14,6 @@ work lives in :mod:`.stack` (asyncio thread), :mod:`.reading` (batch plans) and
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import time
 from functools import partial
 from typing import Any
@@ -29,6 +26,7 @@ from .config import (DEFAULT_PORT, DEVICE_SCHEMA, DRIVER_DEFAULTS, MODES,  # noq
                      NETWORK_SCHEMA, PLANNED_MODES, POINT_SCHEMA, SETTINGS_SCHEMA, norm_objid, validate)
 from .cov import CovMixin
 from .device import _Dev, flags_of  # noqa: F401 (re-exported)
+from .learned import LearnedMixin
 from .monitor import MonitorMixin
 from .polling import PollingMixin
 from .reading import Batch, ObjectRead, kind_of, plan_batches  # noqa: F401 (kind_of: public helper)
@@ -39,7 +37,7 @@ from .writes import WritesMixin, write_error_kind  # noqa: F401 (re-exported)
 EXTRA = "bacnet"
 
 
-class BacnetDriver(WritesMixin, TimeSyncMixin, MonitorMixin, CovMixin, PollingMixin, Driver):
+class BacnetDriver(WritesMixin, TimeSyncMixin, MonitorMixin, CovMixin, PollingMixin, LearnedMixin, Driver):
     """BACnet/IP devices on one or more networks; see the module docstring and README.md."""
 
     settings_schema = SETTINGS_SCHEMA
@@ -272,76 +270,6 @@ class BacnetDriver(WritesMixin, TimeSyncMixin, MonitorMixin, CovMixin, PollingMi
             self.log.error("network %s: %s", net, st["registration_error"])
             self.ctx.emit("ForeignRegistrationFailed", None, network=net, bbmd=st.get("bbmd"),
                           reason=st["registration_error"])
-
-    # ------------------------------------------------------------------ learned behaviour
-    def _load_learned(self, d: _Dev) -> None:
-        learned = self.ctx.kv_get(f"learned/{d.id}", {}) or {}
-        if d.s["read_mode"] == "auto" and learned.get("read_mode") == "rp":
-            d.read_mode = "rp"
-        if learned.get("batch_cap"):
-            d.batch_cap = min(d.batch_cap, int(learned["batch_cap"]))
-        if learned.get("object_count") is not None:
-            d.object_count = int(learned["object_count"])
-        self._show(d)
-
-    def config_digest(self) -> str:
-        """A digest of this driver's whole configuration (settings, devices, points)."""
-        text = json.dumps(dataclasses.asdict(self.config), sort_keys=True, default=str)
-        return hashlib.sha256(text.encode()).hexdigest()
-
-    async def _forget_if_reconfigured(self) -> None:
-        """At start: when the configuration differs from the one the devices were learned under
-        (a reload restarted us for a changed device, address, accepted device or any other key),
-        forget everything learned; a plain daemon or crash restart keeps it."""
-        digest = self.config_digest()
-        stored = self.ctx.kv_get("learned_config")
-        if stored == digest:
-            return
-        keys = [k for k, _v in self.ctx.kv_items("learned/")]
-        if stored is not None and keys:
-            self.log.info("configuration changed: forgetting what %s taught us (read mode, RPM batch cap, "
-                          "object count)", ", ".join(k.split("/", 1)[1] for k in keys))
-        for k in keys:
-            await self.ctx.kv_delete(k)
-        await self.ctx.kv_set("learned_config", digest)
-
-    async def clear_learned(self, device_id: str) -> dict:
-        """Forget what a device taught us (ReadProperty fallback, smaller RPM batches): the next
-        cycles try ReadPropertyMultiple at the configured size again and learn afresh."""
-        d = self.device(device_id)
-        before = {"read_mode": d.read_mode, "batch_cap": d.batch_cap}
-        d.read_mode = d.s["read_mode"]
-        d.batch_cap = d.s["rpm_max_objects"]
-        learned = dict(self.ctx.kv_get(f"learned/{d.id}", {}) or {})
-        learned.pop("read_mode", None)
-        learned.pop("batch_cap", None)
-        await self.ctx.kv_set(f"learned/{d.id}", learned)
-        self._show(d)
-        return {"device": d.id, "forgotten": before}
-
-    async def reloaded(self) -> None:
-        """A reload that kept this instance (config unchanged) forgets learned read modes and batch caps."""
-        for d in self.devs.values():
-            if d.read_mode != d.s["read_mode"] or d.batch_cap != d.s["rpm_max_objects"]:
-                self.log.info("reload: forgetting what %s taught us (%s, batch cap %d)", d.id, d.read_mode,
-                              d.batch_cap)
-                await self.clear_learned(d.id)
-
-    async def _learn(self, d: _Dev, **fields) -> None:
-        learned = dict(self.ctx.kv_get(f"learned/{d.id}", {}) or {})
-        learned.update(fields)
-        await self.ctx.kv_set(f"learned/{d.id}", learned)
-        self._show(d)
-
-    def _show(self, d: _Dev) -> None:
-        try:
-            self.sink.device_info(d.id, bacnet={
-                "network": d.network, "device_instance": d.instance, "address": d.address,
-                "max_apdu": d.max_apdu, "segmentation": d.segmentation, "read_mode": d.read_mode,
-                "batch_cap": d.batch_cap,
-                "cov": {o: s["state"] for o, s in d.subs.items()}})
-        except Exception:  # the point table may not know the device (disabled driver)
-            pass
 
     # ------------------------------------------------------------------ device management
     def device(self, device_id: str) -> _Dev:
