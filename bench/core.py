@@ -135,6 +135,7 @@ def interval_spacing(seconds: float = 6.0) -> None:
             type = "counter"
             plugin = "ext_plugins.counter"
             interval = "10ms"
+            [drivers.c.devices.d1]
             [drivers.c.devices.d1.points.n]
             """) as gw:
             await trio.sleep(seconds)
@@ -200,6 +201,7 @@ def hostile_viewer(reads: int = 300) -> None:
             type = "counter"
             plugin = "ext_plugins.counter"
             interval = "50ms"
+            [drivers.c.devices.d1]
             [drivers.c.devices.d1.points.n]
             """) as gw:
             gw.state.db.write_sync(lambda conn: conn.executemany(

@@ -8,7 +8,7 @@ from typing import Any
 
 import trio
 
-from gatewayd.plugin import Driver
+from gatewayd.plugin import DIAGNOSTICS, DISCOVERY, PRIORITY_ARRAY, Driver
 
 from .config import DEVICE_SCHEMA, DRIVER_DEFAULTS, POINT_SCHEMA, SETTINGS_SCHEMA, validate
 from .cov import CovMixin
@@ -29,6 +29,9 @@ class BacnetDriver(NetworkMixin, LearnedMixin, PollingMixin, CovMixin, WritesMix
     settings_schema = SETTINGS_SCHEMA
     device_schema = DEVICE_SCHEMA
     point_schema = POINT_SCHEMA
+    #: BACnet devices keep their own priority arrays (WriteProperty at a priority), answer Who-Is,
+    #: and the plugin adds diagnostic RPC methods (read-property, time-sync, reinitialize ...).
+    capabilities = frozenset({PRIORITY_ARRAY, DISCOVERY, DIAGNOSTICS})
 
     @classmethod
     def validate_config(cls, config):

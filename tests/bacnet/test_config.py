@@ -149,3 +149,12 @@ def test_fuzzed_bacnet_tables_only_ever_give_config_errors(tables):
             load_config(p)
         except ConfigError as e:
             assert str(e).strip()
+
+
+def test_the_bacnet_driver_declares_its_capabilities():
+    """The core asks ``supports()``; the BACnet driver declares what it does instead of being probed."""
+    from gatewayd.plugin import DIAGNOSTICS, DISCOVERY, PRIORITY_ARRAY, supports
+    from gatewayd_bacnet import BacnetDriver
+
+    assert BacnetDriver.capabilities == {PRIORITY_ARRAY, DISCOVERY, DIAGNOSTICS}
+    assert all(supports(BacnetDriver, c) for c in (PRIORITY_ARRAY, DISCOVERY, DIAGNOSTICS))
