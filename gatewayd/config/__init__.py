@@ -36,10 +36,12 @@ The package is laid out along those steps:
 * :mod:`~gatewayd.config.model`: the typed :class:`Config`, the core sections'
   schemas and validation (:func:`load_config`, :func:`validate_config`);
 * :mod:`~gatewayd.config.secrets`: ``{ env = ... }`` / ``{ file = ... }`` values;
-* :mod:`~gatewayd.config.problems`: :class:`Problem` and :class:`ConfigError`.
+* :mod:`~gatewayd.config.problems`: :class:`Problem` and :class:`ConfigError`;
+* :mod:`~gatewayd.config.edit`: edits of the file that keep its comments and layout
+  (``discovery.accept``).
 
-Import from ``gatewayd.config`` itself (plugins: from :mod:`gatewayd.plugin`); the
-submodules are its private layout.
+Import from ``gatewayd.config`` itself (plugins: from :mod:`gatewayd.plugin`; file
+edits: from :mod:`gatewayd.config.edit`); the other submodules are its private layout.
 """
 
 from __future__ import annotations
