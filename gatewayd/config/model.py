@@ -25,6 +25,8 @@ from .schema import (REQUIRED, AnyValue, Bool, Duration, Enum, Float, Int, Key, 
 
 @dataclass
 class GatewayConfig:
+    """``[gateway]``: the gateway's id, where its state lives, log level, point and shutdown defaults."""
+
     id: str
     state_dir: str
     log_level: str
@@ -34,6 +36,8 @@ class GatewayConfig:
 
 @dataclass
 class ControlConfig:
+    """``[control]``: the control socket, its roles and its limits (``socket_mode`` as an int)."""
+
     socket: str
     socket_mode: int
     socket_group: str | None
@@ -51,6 +55,8 @@ class ControlConfig:
 
 @dataclass
 class HistoryConfig:
+    """``[history]``: what the recorder keeps in history.db and how often it writes."""
+
     enabled: bool
     mode: str
     interval: float
@@ -63,6 +69,8 @@ class HistoryConfig:
 
 @dataclass
 class OutboxConfig:
+    """``[outbox]``: the connectors' store-and-forward log (on disk or in RAM) and its bounds."""
+
     memory: bool
     max_age: float
     max_bytes: int
@@ -70,6 +78,8 @@ class OutboxConfig:
 
 @dataclass
 class BackupConfig:
+    """``[backup]``: where and how often the stores are backed up, and how many backups are kept."""
+
     dir: str | None
     interval: float | None
     retention: int
@@ -111,6 +121,8 @@ class PointConfig:
 
 @dataclass
 class DeviceConfig:
+    """``[drivers.<driver>.devices.<id>]``: ``settings`` holds the keys of the driver's ``device_schema``."""
+
     id: str
     driver: str
     enabled: bool
@@ -120,6 +132,8 @@ class DeviceConfig:
 
 @dataclass
 class DriverConfig:
+    """``[drivers.<id>]``: ``settings`` holds the keys of the driver's ``settings_schema``."""
+
     id: str
     type: str
     plugin: str | None
@@ -130,6 +144,8 @@ class DriverConfig:
 
 @dataclass
 class ConnectorConfig:
+    """``[connectors.<id>]``: ``settings`` holds the keys of the connector's ``settings_schema``."""
+
     id: str
     type: str
     plugin: str | None
@@ -154,17 +170,20 @@ class Config:
     warnings: list[Problem] = field(default_factory=list, compare=False)
 
     def iter_points(self) -> Iterator[PointConfig]:
+        """Every configured point, driver by driver and device by device."""
         for drv in self.drivers.values():
             for dev in drv.devices.values():
                 yield from dev.points.values()
 
     def summary(self) -> str:
+        """The one line ``check-config`` prints for a good file."""
         devices = sum(len(d.devices) for d in self.drivers.values())
         points = sum(1 for _ in self.iter_points())
         return (f"{self.files[0]}: ok — {len(self.drivers)} driver(s), {devices} device(s), "
                 f"{points} point(s), {len(self.connectors)} connector(s)")
 
     def state_path(self, name: str) -> str:
+        """The path of ``name`` (e.g. ``"state.db"``) in the gateway's state directory."""
         return os.path.join(self.gateway.state_dir, name)
 
 

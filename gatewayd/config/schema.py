@@ -27,6 +27,12 @@ class Validator:
     label = "value"
 
     def convert(self, value: Any, path: tuple[str, ...], ctx: _Ctx) -> Any:
+        """Return ``value`` checked and converted, or raise if it does not fit.
+
+        ``path`` is the key path and ``ctx`` the collecting context (a nested
+        validator passes both on). Any exception raised here becomes one problem at
+        the key's ``file:line:col`` naming the key, the value and this ``label``.
+        """
         raise NotImplementedError
 
     def __call__(self, value: Any, path: tuple[str, ...], ctx: _Ctx) -> Any:
@@ -58,6 +64,11 @@ def _type_name(value: Any) -> str:
 
 
 class Str(Validator):
+    """A string; ``pattern`` (full match), ``nonempty`` and ``check`` (returns a message or None) narrow it.
+
+    Like every string key, it may be given as ``{ env = ... }`` or ``{ file = ... }``.
+    """
+
     label = "a string"
 
     def __init__(self, *, pattern: str | None = None, nonempty: bool = True, check: Callable[[str], str | None] | None = None):
@@ -87,6 +98,8 @@ class SecretStr(Str):
 
 
 class Int(Validator):
+    """An integer (not a boolean) within ``min`` .. ``max`` if given."""
+
     label = "an integer"
 
     def __init__(self, *, min: int | None = None, max: int | None = None):
@@ -100,6 +113,8 @@ class Int(Validator):
 
 
 class Float(Validator):
+    """A number (integers accepted, returned as float) within ``min`` .. ``max`` if given."""
+
     label = "a number"
 
     def __init__(self, *, min: float | None = None, max: float | None = None):
@@ -120,6 +135,8 @@ def _range(value, lo, hi, path):
 
 
 class Bool(Validator):
+    """``true`` or ``false``."""
+
     label = "true or false"
 
     def convert(self, value, path, ctx):
@@ -148,6 +165,8 @@ def parse_duration(value: Any) -> float:
 
 
 class Duration(Validator):
+    """A duration (see :func:`parse_duration`) in seconds, within ``min`` .. ``max`` seconds if given."""
+
     label = "a duration"
 
     def __init__(self, *, min: float | None = None, max: float | None = None):
@@ -186,6 +205,8 @@ def parse_size(value: Any) -> int:
 
 
 class Size(Validator):
+    """A size in bytes (see :func:`parse_size`)."""
+
     label = "a size"
 
     def convert(self, value, path, ctx):
@@ -196,6 +217,8 @@ class Size(Validator):
 
 
 class Enum(Validator):
+    """One of the given choices (a close string gets a "did you mean" hint)."""
+
     def __init__(self, *choices: Any):
         self.choices = choices
         self.label = "one of " + ", ".join(repr(c) for c in choices)
@@ -212,6 +235,8 @@ class Enum(Validator):
 
 
 class List(Validator):
+    """An array whose items each pass ``item``; at least ``min_len`` of them."""
+
     def __init__(self, item: Validator, *, min_len: int = 0):
         self.item = item
         self.min_len = min_len
@@ -232,6 +257,8 @@ class List(Validator):
 
 
 class AnyValue(Validator):
+    """Any value, unchecked (the plugin checks it itself)."""
+
     label = "any value"
 
     def convert(self, value, path, ctx):
@@ -317,6 +344,11 @@ class Schema:
         return Schema({**self.keys, **keys}, check=check if checks else None)
 
     def validate(self, table: dict, path: tuple[str, ...], ctx: _Ctx) -> dict:
+        """Check ``table`` (found at ``path``) and return it with defaults filled in.
+
+        Problems go to ``ctx`` (all of them, not only the first); a key whose value
+        is invalid gets its default so that the table-wide ``check`` sees every key.
+        """
         out: dict[str, Any] = {}
         for k, v in table.items():
             key = self.keys.get(k)
