@@ -30,7 +30,7 @@ class ConfigError(Exception):
         super().__init__("\n".join(str(p) for p in problems))
 
 
-_BARE = r"[A-Za-z0-9_-]+"
+_BARE = r"[A-Za-z0-9_-]+"  # a bare TOML key: printed without quotes; the key scanner builds on it
 
 
 class _Ctx:

@@ -288,6 +288,9 @@ def toml_problem(exc: BaseException, file: str, text: str | bytes | None = None)
     return Problem(file, 1, 1, f"cannot read the file: {type(exc).__name__}: {exc}")
 
 
+# --------------------------------------------------------------------------- files and includes
+
+
 def _read_toml(path: str, ctx: _Ctx, shown: str | None = None) -> dict | None:
     """Parse one file; problems and key positions are recorded under ``shown`` (the path as given).
 
